@@ -1,0 +1,19 @@
+"""DCLS layers and their training/inference helpers."""
+from .dcls_conv import DCLS_LAYERS, Dcls1d, Dcls2d
+from .dcls_kernel import DclsKernel, build_dcls_kernel
+from .fold import fold_dcls, fold_dcls_layer
+from .param_groups import dcls_param_groups
+from .shared_positions import positions_are_shared, share_positions
+
+__all__ = [
+    "DCLS_LAYERS",
+    "Dcls1d",
+    "Dcls2d",
+    "DclsKernel",
+    "build_dcls_kernel",
+    "fold_dcls",
+    "fold_dcls_layer",
+    "dcls_param_groups",
+    "share_positions",
+    "positions_are_shared",
+]
