@@ -56,14 +56,17 @@ def _useful_taps(size: int, kernel: int, pad: int) -> Tuple[int, int]:
 
 def weight_grad_fft(x: Tensor, grad_out: Tensor, kernel_size: Tuple[int, int], padding: Tuple[int, int]) -> Tensor:
     """dW[c, i, j] = Σ_b Σ_{y,x} grad_out[b, c, y, x] · x_pad[b, c, y + i, x + j]."""
-    kh, kw = kernel_size
-    xp = F.pad(x, _pad_amounts(padding))  # (B, C, Hp, Wp)
-    # A circular correlation over any size >= (Hp, Wp) equals the linear one
-    # at lags i < kh, j < kw: grad_out is (Hp - kh + 1, Wp - kw + 1) in size.
-    size = tuple(_smooth_size(n) for n in xp.shape[-2:])
-    fx = torch.fft.rfft2(xp, s=size)
+    (kh, kw), (ph, pw) = kernel_size, padding
+    b, c, h, w = x.shape
+    # A circular correlation over any size >= the padded input equals the
+    # linear one at lags i < kh, j < kw (grad_out is kh-1, kw-1 smaller), so
+    # the padding and the FFT size are one zero-filled buffer.
+    size = (_smooth_size(h + 2 * ph), _smooth_size(w + 2 * pw))
+    xp = x.new_zeros(b, c, *size)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    fx = torch.fft.rfft2(xp)
     fg = torch.fft.rfft2(grad_out, s=size)
-    spec = (fx * fg.conj()).sum(0)  # (C, Hs, Ws//2+1)
+    spec = torch.einsum("bchw,bchw->chw", fx, fg.conj())  # batch sum in the frequency domain
     corr = torch.fft.irfft2(spec, s=size)
     return corr[:, :kh, :kw].unsqueeze(1).contiguous()
 
