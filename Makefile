@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCHAUDIO_ORACLE ?= torchaudio==2.11.0
 
-.PHONY: venv test bench
+.PHONY: venv test bench serve train-audioset paper-table
 
 venv: $(STAMP)
 
@@ -21,3 +21,22 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_dcls.py
+	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_precompute.py
+	$(PY) benchmarks/bench_service.py
+
+# The tagging service on 127.0.0.1:8000; settings from the environment (MODELS_DIR, PORT, API_KEY, ...).
+serve: $(STAMP)
+	$(PY) -m service
+
+# Train, evaluate and release a tagger. With AUDIOSET_ROOT=... (official CSVs + audio,
+# or PANNs HDF5) or CONFIG=configs/<recipe>.yaml: precompute -> paper recipe (NPROC=N
+# runs torchrun) -> evaluate. Without: the embedded mini-AudioSet on this CPU.
+# Extra config overrides: ARGS="seed=1 epochs=30".
+train-audioset: $(STAMP)
+	AUDIOSET_ROOT="$(AUDIOSET_ROOT)" CONFIG="$(CONFIG)" NPROC="$(NPROC)" $(PY) -m pipelines.train_audioset $(ARGS)
+
+# Table 1 of the paper (markdown) from the finished run folders under PAPER_RUNS.
+PAPER_RUNS ?= runs
+paper-table: $(STAMP)
+	$(PY) -m pipelines.paper_table $(PAPER_RUNS) --out $(PAPER_RUNS)/paper_table.md $(ARGS)

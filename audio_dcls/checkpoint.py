@@ -113,6 +113,11 @@ def save_release(
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             yaml.safe_dump(config, f, sort_keys=False)
         write_labels_csv(tmp / LABELS_FILE, labels)
+        # mkdtemp makes a private folder; a release is read by other users
+        # (the service container runs unprivileged).
+        tmp.chmod(0o755)
+        for name in (WEIGHTS_FILE, CONFIG_FILE, LABELS_FILE):
+            (tmp / name).chmod(0o644)
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")

@@ -154,8 +154,9 @@ class LogMel(nn.Module):
 
     T = samples // hop_length + 1 (centred frames; 1001 for 10 s at 32 kHz). The
     window and filterbank are non-persistent buffers: they follow ``.to(device)`` but
-    never enter a state_dict, so checkpoints carry only ``config``. The STFT runs in
-    float32 even under autocast.
+    never enter a state_dict, so checkpoints carry only ``config``. The STFT always
+    runs in float32 (also under autocast or after ``.half()``: the -100 dB floor does not
+    fit float16); the output comes back in the module's dtype.
     """
 
     def __init__(self, config: LogMelConfig = LogMelConfig(), augment: AugmentConfig | None = None):
@@ -166,7 +167,12 @@ class LogMel(nn.Module):
             raise ValueError(f"mel range {config.f_min}-{config.f_max} Hz does not fit {config.sample_rate} Hz audio")
         self.config = config
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
-        self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(config)), persistent=False)  # (n_freqs, n_mels)
+        fb = mel_filterbank(config)  # (n_freqs, n_mels)
+        # Only the STFT bins some triangle covers (about 2..448 of 513 by default) take part:
+        # the others have zero weight, so skipping them changes nothing but the cost.
+        used = np.flatnonzero(fb.any(axis=1))
+        self._bins = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, fb.shape[0])
+        self.register_buffer("mel_fb", torch.from_numpy(fb[self._bins[0] : self._bins[1]].copy()), persistent=False)  # (used bins, n_mels)
         self.augment = LogMelAugment(augment, db_per_unit=config.std) if augment is not None else None
 
     def num_frames(self, num_samples: int) -> int:
@@ -178,27 +184,32 @@ class LogMel(nn.Module):
             waveform = waveform.unsqueeze(0)
         if waveform.dim() != 2:
             raise ValueError(f"LogMel expects (batch, samples) audio, got shape {tuple(waveform.shape)}")
+        out_dtype = self.mel_fb.dtype
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             x = waveform.to(torch.float32)  # (B, N)
             min_len = cfg.n_fft // 2 + 1  # reflect padding needs more samples than half a window
             if x.shape[-1] < min_len:
                 x = nn.functional.pad(x, (0, min_len - x.shape[-1]))
+            # centre the frames: reflect-pad n_fft // 2 on both sides (as torch.stft(center=True,
+            # pad_mode="reflect") does, but cat + flip is 4x cheaper than its padding kernel)
+            half = cfg.n_fft // 2
+            x = torch.cat([x[:, 1 : half + 1].flip(-1), x, x[:, -half - 1 : -1].flip(-1)], dim=-1)  # (B, N + n_fft)
             spec = torch.stft(
                 x,
                 n_fft=cfg.n_fft,
                 hop_length=cfg.hop_length,
                 win_length=cfg.win_length,
-                window=self.window,
-                center=True,
-                pad_mode="reflect",
+                window=self.window.float(),
+                center=False,
                 normalized=False,
                 onesided=True,
                 return_complex=True,
             )  # (B, n_freqs, T)
-            power = torch.view_as_real(spec).square().sum(-1)  # (B, n_freqs, T)
-            mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)  # (B, n_mels, T)
+            spec = spec[:, self._bins[0] : self._bins[1]]  # (B, used bins, T)
+            power = spec.real.square().addcmul_(spec.imag, spec.imag)  # |X|^2, 3x faster than abs()**2
+            mel = torch.matmul(power.transpose(1, 2), self.mel_fb.float()).transpose(1, 2)  # (B, n_mels, T)
             db = 10.0 * torch.log10(mel.clamp_min(1e-10))
-            out = ((db - cfg.mean) / cfg.std).unsqueeze(1)  # (B, 1, n_mels, T)
+            out = ((db - cfg.mean) / cfg.std).unsqueeze(1).to(out_dtype)  # (B, 1, n_mels, T)
         if self.augment is not None:
             out = self.augment(out, generator=generator)
         return out

@@ -1,6 +1,7 @@
 """DCLS layers and their training/inference helpers."""
 from .dcls_conv import DCLS_LAYERS, Dcls1d, Dcls2d
 from .dcls_kernel import DclsKernel, build_dcls_kernel
+from .depthwise_conv import DepthwiseConv2d, use_fast_depthwise
 from .fold import fold_dcls, fold_dcls_layer
 from .param_groups import dcls_param_groups
 from .shared_positions import positions_are_shared, share_positions
@@ -11,6 +12,8 @@ __all__ = [
     "Dcls2d",
     "DclsKernel",
     "build_dcls_kernel",
+    "DepthwiseConv2d",
+    "use_fast_depthwise",
     "fold_dcls",
     "fold_dcls_layer",
     "dcls_param_groups",

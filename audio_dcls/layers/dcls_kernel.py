@@ -26,6 +26,7 @@ Versions:
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -41,6 +42,7 @@ _NORM_EPS = 1e-7
 # makes the CPU convolution over ten times slower. The cut is 8σ out and
 # changes kernel values by less than 1e-15 of the tap weight.
 _GAUSS_FLOOR = 1e-15
+_LOG_GAUSS_FLOOR = math.log(_GAUSS_FLOOR)
 _SUBNORMAL = torch.finfo(torch.float32).tiny
 
 
@@ -61,8 +63,10 @@ def _axis_profile(grid: Tensor, position: Tensor, sigma: Optional[Tensor], versi
     d = grid - position.unsqueeze(-1)  # (C, K, D)
     if version == "gauss":
         s = sigma.abs().unsqueeze(-1) + _SIGMA_OFFSET["gauss"]
-        g = torch.exp(-0.5 * (d / s) ** 2)
-        return torch.where(g < _GAUSS_FLOOR, torch.zeros_like(g), g)
+        # Clamping the exponent first matters too: the CPU exp() takes a
+        # ~70x slower path for arguments below about -87.
+        g = torch.exp((-0.5 * (d / s) ** 2).clamp_min(_LOG_GAUSS_FLOOR))
+        return torch.where(g <= _GAUSS_FLOOR, torch.zeros_like(g), g)
     if version == "bilinear":
         return torch.relu(1.0 - d.abs())
     s = sigma.abs().unsqueeze(-1) + _SIGMA_OFFSET["triangle"]

@@ -1,0 +1,407 @@
+"""Precompute log-mels into a feature store (see pipelines/feature_store.py).
+
+CPU only -- decoding and the STFT are cheap next to training, so GPUs are never used
+here; spread the work over cores with --workers and over machines with --shard.
+
+One machine (all cores), official AudioSet CSV + a folder of Y{YTID}.wav files::
+
+    python -m pipelines.precompute build data/stores/eval \\
+        --audioset-csv ../shared/audioset/eval_segments.csv --audio-dir /data/audioset/eval --workers 16
+
+PANNs HDF5 packs, or your own folder + ``path,labels`` CSV::
+
+    python -m pipelines.precompute build data/stores/bal --hdf5 packs/balanced_train.h5
+    python -m pipelines.precompute build data/stores/mine --custom-csv my_sounds/train.csv
+
+N machines splitting one split (same command with i = 0..N-1, each into its own
+folder), then join and check::
+
+    python -m pipelines.precompute build part3 --audioset-csv ... --audio-dir ... --shard 3/8
+    python -m pipelines.precompute merge data/stores/unbal part0 part1 ... part7
+    python -m pipelines.precompute verify data/stores/unbal
+
+A killed run resumes when started again with the same arguments: finished shards
+are kept, the rest is redone. Clips that cannot be used are skipped and listed in
+STORE/skipped.csv with the reason; the run ends with a report.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from audio_dcls.audio import AudioDecodeError, pad_or_trim
+from audio_dcls.features import LogMelConfig
+from pipelines.feature_store import (
+    SHARD_DIR,
+    Plan,
+    StoreError,
+    default_shard_size,
+    finalize_store,
+    merge_parts,
+    parse_part,
+    read_shard_record,
+    remove_stale_temp_files,
+    verify_store,
+    write_json_atomic,
+    write_shard,
+)
+from pipelines.sources import AudioSetSource, Clip, ClipSource, CustomCsvSource, PannsHdf5Source
+
+log = logging.getLogger("pipelines.precompute")
+
+
+@dataclass
+class BuildReport:
+    folder: Path
+    part: tuple[int, int]
+    num_shards: int  # shards this run was responsible for
+    shards_built: int  # built by this run
+    shards_kept: int  # finished by an earlier run and kept
+    written: int  # clips in this part's shards (new + kept)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), source-level and decode failures
+    trimmed: int = 0  # clips longer than the clip length, cut (built by this run)
+    clips_built: int = 0  # clips processed by this run (written or skipped)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    finished: bool = False  # manifest.json written (single-part builds)
+
+    def summary(self) -> str:
+        i, n = self.part
+        what = "feature store" if n == 1 else f"part {i}/{n} of a feature store"
+        rate = f", {self.clips_built / self.seconds:.1f} clips/s" if self.seconds > 0 and self.clips_built else ""
+        lines = [
+            f"{what} at {self.folder}: {self.written} clips in {self.num_shards} shards "
+            f"({self.shards_built} built now, {self.shards_kept} kept from an earlier run) in {self.seconds:.1f} s{rate}"
+        ]
+        lines += [f"note: {x}" for x in self.notes]
+        if self.trimmed:
+            lines.append(f"note: {self.trimmed} clips were longer than the clip length and were cut")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} clips:")
+            for reason, count in Counter(r for _, r in self.skipped).most_common(8):
+                lines.append(f"  {count:7d}  {reason}")
+            if len({r for _, r in self.skipped}) > 8:
+                lines.append("  ...")
+            if self.finished:
+                lines.append(f"the full list is in {self.folder / 'skipped.csv'}")
+        else:
+            lines.append("skipped 0 clips")
+        if n > 1:
+            lines.append("join the parts with: python -m pipelines.precompute merge OUT PART...")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------
+# the per-process shard builder
+# ----------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(frontend: dict, counter=None) -> None:
+    import torch
+
+    from audio_dcls.features import LogMel
+
+    torch.set_num_threads(1)  # one core per worker process; parallelism comes from --workers
+    _WORKER["logmel"] = LogMel(LogMelConfig.from_dict(frontend)).eval()
+    _WORKER["counter"] = counter
+
+
+def _build_shard(task: tuple[int, list[Clip], str]) -> dict:
+    """Decode, compute and write one shard; returns its summary."""
+    import torch
+
+    index, clips, folder = task
+    lm = _WORKER["logmel"]
+    counter = _WORKER.get("counter")
+    cfg: LogMelConfig = lm.config
+    n_samples = int(round(cfg.clip_seconds * cfg.sample_rate))
+    C = clips[0].num_classes if clips else 0
+    feats = np.empty((len(clips), cfg.n_mels, cfg.num_frames), dtype=np.float16)
+    targets = np.zeros((len(clips), C), dtype=np.uint8)
+    ids, skipped, trimmed = [], [], 0
+    for clip in clips:
+        try:
+            x = clip.load(cfg.sample_rate)
+            if len(x) > n_samples + cfg.hop_length:
+                trimmed += 1
+            x = pad_or_trim(x, n_samples)
+            with torch.inference_mode():
+                m = lm(torch.from_numpy(x).unsqueeze(0))  # (1, 1, F, T)
+            row = len(ids)
+            feats[row] = m[0, 0].numpy()
+            targets[row, list(clip.labels)] = 1
+            ids.append(clip.id)
+        except AudioDecodeError as e:
+            skipped.append((clip.id, f"undecodable: {e.reason}"))
+        except OSError as e:
+            skipped.append((clip.id, f"unreadable: {e.strerror or e}"))
+        if counter is not None:
+            with counter.get_lock():
+                counter.value += 1
+    n = len(ids)
+    write_shard(Path(folder), index, ids, feats[:n], targets[:n], skipped, extra={"trimmed": trimmed})
+    return {"shard": index, "written": n, "skipped": skipped, "trimmed": trimmed, "clips": len(clips)}
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def build_feature_store(
+    source: ClipSource,
+    out: str | os.PathLike,
+    frontend: LogMelConfig = LogMelConfig(),
+    workers: int = 1,
+    part: tuple[int, int] = (0, 1),
+    shard_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> BuildReport:
+    """Compute fp16 log-mels of every clip of ``source`` into the store folder ``out``.
+
+    Resumes a previous run with the same inputs (finished shards are kept). With
+    ``part=(i, N)`` only shards k with k % N == i are built and the folder is left for
+    :func:`pipelines.feature_store.merge_parts`; otherwise the store is finalized.
+    ``progress``: a tqdm bar (None: only when stderr is a terminal).
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    shard_size = shard_size or default_shard_size(len(source))
+    if shard_size < 1:
+        raise ValueError("--shard-size must be at least 1")
+    if workers < 1:
+        raise ValueError("--workers must be at least 1")
+    plan = Plan(
+        frontend=frontend,
+        vocabulary=source.vocabulary,
+        source=source.describe(),
+        fingerprint=source.fingerprint(),
+        num_clips=len(source),
+        shard_size=shard_size,
+        part=part,
+        missing=[list(m) for m in source.missing],
+    )
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    if (out / "plan.json").exists():
+        old = Plan.read(out)
+        if not (old.same_inputs(plan) and old.part == plan.part):
+            if not overwrite:
+                raise StoreError(
+                    f"{out} holds a feature store built from other inputs or settings; use a new folder or pass --overwrite"
+                )
+            _clear_store(out)
+            (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    elif any((out / SHARD_DIR).iterdir()) and not overwrite:
+        raise StoreError(f"{out}/{SHARD_DIR} has files but no plan.json; use a new folder or pass --overwrite")
+    elif overwrite:
+        _clear_store(out)
+        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temp_files(out)
+    if stale:
+        log.info("removed %d temporary files left by an interrupted run", stale)
+    write_json_atomic(out / "plan.json", plan.to_dict())
+
+    mine = plan.shards_of_part()
+    kept_records = {k: r for k in mine if (r := read_shard_record(out, k)) is not None}
+    pending = [k for k in mine if k not in kept_records]
+    clips = source.clips
+    tasks = [(k, clips[k * shard_size : (k + 1) * shard_size], str(out)) for k in pending]
+    todo = sum(len(t[1]) for t in tasks)
+    if kept_records:
+        log.info("resuming: %d of %d shards already finished", len(kept_records), len(mine))
+
+    from tqdm import tqdm
+
+    results = []
+    bar = tqdm(total=todo, unit="clip", desc="log-mels", disable=(None if progress is None else not progress), dynamic_ncols=True)
+    try:
+        if workers == 1 or len(tasks) <= 1:
+            import torch
+
+            threads = torch.get_num_threads()
+            _init_worker(frontend.to_dict())
+            try:
+                for t in tasks:
+                    r = _build_shard(t)
+                    bar.update(r["clips"])
+                    results.append(r)
+            finally:
+                _WORKER.clear()
+                torch.set_num_threads(threads)  # in-process run: leave the caller's setting as it was
+        else:
+            results = _run_pool(tasks, frontend, min(workers, len(tasks)), bar)
+    finally:
+        bar.close()
+
+    skipped = [tuple(m) for m in plan.missing] if part[0] == 0 else []
+    for k, r in sorted(kept_records.items()):
+        skipped += [tuple(s) for s in r["skipped"]]
+    for r in sorted(results, key=lambda r: r["shard"]):
+        skipped += [tuple(s) for s in r["skipped"]]
+    report = BuildReport(
+        folder=out,
+        part=part,
+        num_shards=len(mine),
+        shards_built=len(results),
+        shards_kept=len(kept_records),
+        written=sum(r["num_clips"] for r in kept_records.values()) + sum(r["written"] for r in results),
+        skipped=skipped,
+        trimmed=sum(r["trimmed"] for r in results),
+        notes=list(source.notes),
+        clips_built=sum(r["clips"] for r in results),
+    )
+    if part == (0, 1):
+        finalize_store(out)
+        report.finished = True
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run_pool(tasks, frontend: LogMelConfig, workers: int, bar) -> list[dict]:
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    # fork is cheapest (no re-import of torch); each worker pins torch to one thread,
+    # which also keeps OpenMP out of forked children. Unlike multiprocessing.Pool, the
+    # executor notices a worker that dies (OOM killer) instead of waiting for it forever.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    counter = ctx.Value("q", 0)
+    results = []
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(frontend.to_dict(), counter))
+    try:
+        pending = {ex.submit(_build_shard, t) for t in tasks}
+        while pending:
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            for f in done:
+                results.append(f.result())  # re-raises a worker's exception here
+            bar.n = counter.value
+            bar.refresh()
+    except BrokenProcessPool:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise StoreError("a worker process died (out of memory?); the finished shards are kept, rerun the same command to resume") from None
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
+    return results
+
+
+def _clear_store(out: Path) -> None:
+    """Remove what a build writes (and nothing else the user may keep in the folder)."""
+    import shutil
+
+    shutil.rmtree(out / SHARD_DIR, ignore_errors=True)
+    for name in ("plan.json", "manifest.json", "ids.txt", "labels.csv", "skipped.csv"):
+        (out / name).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------
+def open_source(args: argparse.Namespace) -> ClipSource:
+    given = [x for x in ("audioset_csv", "hdf5", "custom_csv") if getattr(args, x)]
+    if len(given) != 1:
+        raise ValueError("give exactly one source: --audioset-csv (with --audio-dir or --manifest), --hdf5 or --custom-csv")
+    if args.labels and not args.custom_csv:
+        raise ValueError("--labels goes with --custom-csv (AudioSet and PANNs packs use the 527 AudioSet classes)")
+    if args.manifest and not args.audioset_csv:
+        raise ValueError("--manifest goes with --audioset-csv")
+    if args.audio_dir and args.hdf5:
+        raise ValueError("--audio-dir does not apply to --hdf5 packs")
+    if args.audioset_csv:
+        if not args.audio_dir and not args.manifest:
+            raise ValueError("--audioset-csv needs --audio-dir or --manifest")
+        return AudioSetSource(args.audioset_csv, audio_dir=args.audio_dir, manifest=args.manifest)
+    if args.hdf5:
+        return PannsHdf5Source(args.hdf5)
+    return CustomCsvSource(args.custom_csv, audio_dir=args.audio_dir, vocabulary=args.labels)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipelines.precompute", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="compute log-mels of a source into a store folder (resumable)")
+    b.add_argument("out", type=Path, help="store folder (created; an unfinished one is resumed)")
+    src = b.add_argument_group("source (exactly one)")
+    src.add_argument("--audioset-csv", type=Path, help="official AudioSet segment CSV")
+    src.add_argument("--hdf5", type=Path, nargs="+", help="PANNs-style HDF5 pack(s)")
+    src.add_argument("--custom-csv", type=Path, help="CSV with path,labels (labels separated by ';')")
+    src.add_argument("--audio-dir", type=Path, help="audio folder (AudioSet: Y{YTID}.ext etc.; custom: base of relative paths)")
+    src.add_argument("--manifest", type=Path, help="AudioSet only: CSV ytid,path instead of scanning --audio-dir")
+    src.add_argument("--labels", type=Path, help="custom only: vocabulary CSV index,mid,display_name (default: labels.csv next to the CSV)")
+    b.add_argument("--workers", type=int, default=_default_workers(), help="processes (default: all cores available, %(default)s here)")
+    b.add_argument("--shard", default="0/1", metavar="i/N", help="build only part i of N (for N machines); join with merge")
+    b.add_argument("--shard-size", type=int, default=None, help="clips per shard file (default: 16-512, about 64 shards)")
+    b.add_argument("--clip-seconds", type=float, default=LogMelConfig.clip_seconds, help="clips are padded/cut to this length (default %(default)s)")
+    b.add_argument("--overwrite", action="store_true", help="discard a store from other inputs in OUT instead of refusing")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+    m = sub.add_parser("merge", help="join the part folders of a --shard i/N build into one store")
+    m.add_argument("out", type=Path, help="new store folder")
+    m.add_argument("parts", type=Path, nargs="+", help="the N part folders")
+    m.add_argument("--copy", action="store_true", help="copy shard files instead of hard-linking them")
+
+    v = sub.add_parser("verify", help="check a store's checksums, shapes and counts")
+    v.add_argument("store", type=Path)
+    v.add_argument("--no-checksums", action="store_true", help="sizes, shapes and counts only (fast)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "build":
+            part = parse_part(args.shard)
+            source = open_source(args)
+            if len(source) == 0:
+                raise ValueError(f"the source has no usable clips ({len(source.missing)} listed clips are missing)")
+            frontend = LogMelConfig(clip_seconds=args.clip_seconds)
+            log.info("%d clips to ingest, %d missing from the source", len(source), len(source.missing))
+            report = build_feature_store(
+                source, args.out, frontend=frontend, workers=args.workers, part=part,
+                shard_size=args.shard_size, overwrite=args.overwrite, progress=False if args.no_progress else None,
+            )
+            print(report.summary())
+            return 0
+        if args.command == "merge":
+            manifest = merge_parts(args.out, args.parts, copy=args.copy)
+            print(f"merged {len(args.parts)} parts into {args.out}: {manifest['num_clips']} clips in {len(manifest['shards'])} shards, {manifest['num_skipped']} skipped (see {args.out / 'skipped.csv'})")
+            return 0
+        if args.command == "verify":
+            report = verify_store(args.store, checksums=not args.no_checksums)
+            if report.ok:
+                print(f"{args.store}: OK ({report.num_clips} clips in {report.num_shards} shards{', checksums match' if not args.no_checksums else ''})")
+                return 0
+            for problem in report.problems:
+                print(f"{args.store}: {problem}", file=sys.stderr)
+            print(f"{args.store}: FAILED ({len(report.problems)} problems)", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        print("precompute: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (StoreError, ValueError, OSError, AudioDecodeError) as e:
+        msg = " ".join(str(e).split())
+        print(f"precompute: error: {msg}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Suite-wide test hygiene."""
+import logging
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """CLIs called in-process configure the root logger; undo it after each test.
+
+    A handler left behind would keep writing to the previous test's captured
+    (and by then closed) stream, and `logging.basicConfig` in the next CLI
+    would see a configured root and add nothing.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,67 @@
+"""benchmarks/bench_gpu.py runs end to end on CPU with tiny shapes and writes its JSON.
+
+The GPU numbers themselves come from a real H100 run (the script's docstring
+has the command); here we check the script's plumbing: the stage shapes, the
+per-layer table, the whole-model columns (stock DSC, our DSC, our DCLS, the
+reference-DCLS swap) and the ratios.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_gpu  # noqa: E402
+
+
+def test_stage_shapes_follow_the_stem_and_downsamplings():
+    # 1×128×1001 through the (2, 16) stem, then three 2×2 stride-2 downsamplings.
+    assert bench_gpu.convnext_stage_shapes() == [(96, 64, 62), (192, 32, 31), (384, 16, 15), (768, 8, 7)]
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_gpu")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--tiny", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads((out / "bench_gpu.json").read_text()), proc.stdout
+
+
+def test_layer_table_and_ratios(smoke_report):
+    report, stdout = smoke_report
+    assert report["meta"]["tiny"] and report["meta"]["batch"] == 2
+    assert "reproduce: python benchmarks/bench_gpu.py --device cpu --tiny --out" in stdout
+    assert list(report["layers"]) == ["nchw", "channels_last"]
+    for layers in report["layers"].values():
+        assert list(layers) == ["8@32x12", "16@16x6", "16@8x3", "32@4x1"]
+        for row in layers.values():
+            for name in ("stock_7x7", "stock_23x23", "ours_7x7", "ours_23x23", "ours_dcls_23x23"):
+                assert row[name]["ms"] > 0, (name, row[name])
+    for totals in report["layer_totals"].values():
+        assert totals["ours_23x23_over_stock_7x7"] > 0
+    assert "(channels_last), ours_23x23 / stock 7x7" in stdout
+
+
+def test_model_columns(smoke_report):
+    report, stdout = smoke_report
+    row = report["models"].get("convnext_atto")
+    if row is None or "skipped" in row:
+        pytest.skip(f"tiny audio models not registered: {row}")
+    for column in ("stock_dsc", "ours_dsc", "ours_dcls"):
+        res = row[column]
+        assert res.get("train_samples_per_s", 0) > 0 and res.get("infer_samples_per_s", 0) > 0, (column, res)
+    oracle = row["oracle_dcls"]  # the reference layers swapped in; inference only on CPU (slow)
+    if not ("skipped" in oracle and "dcls" in oracle["skipped"]):  # else: reference package not installed
+        assert oracle.get("infer_samples_per_s", 0) > 0 and oracle["train"] == "skipped", oracle
+    ratios = report["ratios"]["convnext_atto"]
+    assert ratios["ours_dcls_over_stock_dsc_train"] > 0
+    assert "ours dcls / stock dsc train" in stdout

@@ -1,0 +1,176 @@
+"""The dynamic batching worker on its own: batch composition, scatter-back, failures, limits.
+
+``infer`` here is a plain function that reads the first samples of each window,
+so every score says which job and window it came from: a window landing in the
+wrong job, or a batch mixing lengths, shows up as a wrong number.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from service.batching import BatchWorker, QueueFull, TagJob, WorkerStopped
+
+
+def make_job(job_id: int, windows: int, window: int = 8, hop: int = 4) -> TagJob:
+    starts = [i * hop for i in range(windows)]
+    wave = torch.zeros(starts[-1] + window)
+    for i, s in enumerate(starts):
+        wave[s] = job_id  # first sample of window i: the job id
+        wave[s + 1] = i  # second: the window index
+    return TagJob(waveform=wave, starts=starts, window=window)
+
+
+class Recorder:
+    """infer: (B, window) -> (B, 3) [job id, window index, window length]; remembers batch sizes."""
+
+    def __init__(self, gate: threading.Event | None = None, fail_on_job: int | None = None):
+        self.sizes = []
+        self.gate = gate
+        self.fail_on_job = fail_on_job
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.sizes.append(x.shape[0])
+        if self.fail_on_job is not None and (x[:, 0] == self.fail_on_job).any():
+            raise RuntimeError("model failure")
+        return torch.stack([x[:, 0], x[:, 1], torch.full((x.shape[0],), float(x.shape[1]))], 1)
+
+
+def check(job: TagJob, job_id: int):
+    scores = job.future.result(10).scores
+    assert scores[:, 0].tolist() == [job_id] * job.num_windows
+    assert scores[:, 1].tolist() == list(range(job.num_windows))
+    assert scores[:, 2].tolist() == [job.window] * job.num_windows
+
+
+def test_windows_of_several_jobs_share_batches_and_come_back_to_their_job():
+    gate = threading.Event()
+    rec = Recorder(gate)
+    worker = BatchWorker("t", rec, max_batch_size=5, max_wait_ms=50, queue_size=16).start()
+    try:
+        first = make_job(1, 1)
+        worker.submit(first)
+        time.sleep(0.2)  # the worker now blocks inside infer on the first job
+        jobs = [make_job(j, n) for j, n in ((2, 3), (3, 4), (4, 1), (5, 2))]
+        for j in jobs:
+            worker.submit(j)
+        gate.set()
+        check(first, 1)
+        for j, job in zip((2, 3, 4, 5), jobs):
+            check(job, j)
+        # 10 queued windows in batches of at most 5: exactly two full batches.
+        assert rec.sizes == [1, 5, 5]
+        assert worker.depth() == 0
+    finally:
+        worker.stop()
+
+
+def test_batches_never_mix_window_lengths():
+    gate = threading.Event()
+    rec = Recorder(gate)
+    worker = BatchWorker("t", rec, max_batch_size=8, max_wait_ms=20, queue_size=16).start()
+    try:
+        worker.submit(make_job(9, 1))
+        time.sleep(0.2)
+        a, b, c = make_job(1, 2, window=8), make_job(2, 2, window=12, hop=6), make_job(3, 2, window=8)
+        for j in (a, b, c):
+            worker.submit(j)
+        gate.set()
+        for j, job in ((1, a), (2, b), (3, c)):
+            check(job, j)
+        # The 8-sample windows of jobs 1 and 3 go together, job 2's 12-sample windows alone.
+        assert rec.sizes == [1, 4, 2]
+    finally:
+        worker.stop()
+
+
+def test_a_failing_batch_fails_only_its_jobs_and_the_worker_goes_on():
+    worker = BatchWorker("t", Recorder(fail_on_job=7), max_batch_size=1, max_wait_ms=0, queue_size=8).start()
+    try:
+        bad, good = make_job(7, 2), make_job(8, 3)
+        worker.submit(bad)
+        worker.submit(good)
+        with pytest.raises(RuntimeError, match="model failure"):
+            bad.future.result(10)
+        check(good, 8)
+        assert worker.is_alive()
+        later = make_job(9, 1)
+        worker.submit(later)
+        check(later, 9)
+    finally:
+        worker.stop()
+
+
+def test_full_queue_and_stop():
+    gate = threading.Event()
+    worker = BatchWorker("t", Recorder(gate), max_batch_size=1, max_wait_ms=0, queue_size=2).start()
+    running = make_job(1, 1)
+    worker.submit(running)
+    time.sleep(0.2)  # taken off the queue, blocked in infer
+    queued = [make_job(2, 1), make_job(3, 1)]
+    for j in queued:
+        worker.submit(j)
+    with pytest.raises(QueueFull) as e:
+        worker.submit(make_job(4, 1))
+    assert e.value.retry_after_s >= 1
+    assert worker.depth() == 3
+    # A cancelled job is dropped without running.
+    assert queued[0].future.cancel()
+    gate.set()
+    check(queued[1], 3)
+    assert queued[0].scores is None
+    worker.stop()
+    assert not worker.is_alive()
+    with pytest.raises(WorkerStopped):
+        worker.submit(make_job(5, 1))
+
+
+def test_stop_fails_waiting_jobs():
+    gate = threading.Event()
+    worker = BatchWorker("t", Recorder(gate), max_batch_size=1, max_wait_ms=0, queue_size=4).start()
+    worker.submit(make_job(1, 1))
+    time.sleep(0.2)
+    waiting = make_job(2, 1)
+    worker.submit(waiting)
+    stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 0.5})
+    stopper.start()
+    stopper.join()
+    with pytest.raises(WorkerStopped):
+        waiting.future.result(1)
+    gate.set()
+
+
+def test_lone_request_does_not_wait_when_nothing_is_on_its_way():
+    on_the_way = [0]
+    worker = BatchWorker("t", Recorder(), max_batch_size=8, max_wait_ms=2000, queue_size=4, incoming=lambda: on_the_way[0]).start()
+    try:
+        job = make_job(1, 1)
+        t0 = time.perf_counter()
+        worker.submit(job)
+        check(job, 1)
+        assert time.perf_counter() - t0 < 1.0  # not the 2 s max_wait
+    finally:
+        worker.stop()
+
+
+def test_worker_waits_for_requests_on_their_way():
+    on_the_way = [1]
+    rec = Recorder()
+    worker = BatchWorker("t", rec, max_batch_size=8, max_wait_ms=5000, queue_size=4, incoming=lambda: on_the_way[0]).start()
+    try:
+        first, second = make_job(1, 2), make_job(2, 3)
+        worker.submit(first)
+        time.sleep(0.3)  # one more request is announced: the worker holds the first one back
+        assert not first.future.done()
+        worker.submit(second)  # arrives, and nothing more is on its way
+        on_the_way[0] = 0
+        check(first, 1)
+        check(second, 2)
+        assert rec.sizes == [5]  # both in one batch
+    finally:
+        worker.stop()

@@ -1,0 +1,280 @@
+"""pipelines.train: config, schedule, mixup, sampler, DDP = 1 process, exact resume
+after SIGKILL, non-finite loss, and the release folder round trip."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipelines.train import (
+    GlobalBatchSampler,
+    WarmupCosine,
+    build_model,
+    build_optimizer,
+    main,
+    mixup,
+    read_checkpoint,
+    smooth_labels,
+    train,
+)
+from pipelines.train_config import ConfigError, load_config
+from tiny_store import TINY_MODEL_ARGS, make_tiny_store, tiny_frontend
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = [
+    "model=convnext_atto_dcls_audio",
+    "model_args={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}",
+    "drop_path=0.1",  # random per sample: DDP equality and resume must reproduce it
+    "layer_scale_init=1.0",
+    "workers=0",
+    "warmup_epochs=0.5",
+    "lr=2e-3",
+    "batch_size=8",
+    "channels_last=false",
+    "threads=1",
+    "log_every=1",
+]
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _steps(run: Path):
+    with open(run / "steps.csv", newline="") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    return {
+        "train96": make_tiny_store(root / "train96", n=96, seed=0),
+        "train64": make_tiny_store(root / "train64", n=64, seed=1),
+        "eval": make_tiny_store(root / "eval", n=32, seed=2),
+    }
+
+
+# ----------------------------------------------------------------------------------
+# config
+# ----------------------------------------------------------------------------------
+def test_config_yaml_overrides_and_types(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: convnext_atto_dcls_audio\nlr: 4.0e-3\nepochs: 3\nwarmup_epochs: 1\ntrain: [a]\nmodel_args: {dims: [8, 16, 32, 64]}\n")
+    cfg = load_config(recipe, ["lr=1e-3", "seed=2", "train=b", "model_args.depths=[1,1,1,1]", "eval=", "betas=[0.9, 0.95]"])
+    assert cfg.lr == pytest.approx(1e-3) and isinstance(cfg.lr, float)  # '1e-3' is a string to YAML 1.1
+    assert cfg.epochs == 3 and cfg.seed == 2 and cfg.train == ["b"] and cfg.eval == ""
+    assert cfg.model_args == {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}
+    assert cfg.betas == [0.9, 0.95]
+    assert cfg.resolved_output_dir() == Path("runs/convnext_atto_dcls_audio-seed2")
+    assert cfg.resolved_release_dir() == Path("runs/convnext_atto_dcls_audio-seed2/release/convnext_atto_dcls_audio")
+    for bad, msg in [
+        (["lrr=1"], "unknown config key 'lrr' (did you mean 'lr'?)"),
+        (["epochs=1.5"], "epochs: expected an integer"),
+        (["channels_last=maybe"], "channels_last: expected true or false"),
+        (["lr=fast"], "lr: expected a number"),
+        (["opt=sgd"], "opt must be 'adamw' or 'lamb'"),
+        (["effective_batch=8", "batch_size=16"], "effective_batch (8) must be >= batch_size (16)"),
+        (["output_dir=runs/{nope}"], "cannot fill in"),
+        (["seed"], "must look like key=value"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(recipe, bad)
+        assert msg in str(e.value)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train: [x]\n")
+    assert main(["-c", str(recipe), "warmup_epochz=3"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "train: error: unknown config key 'warmup_epochz' (did you mean 'warmup_epochs'?)"
+    assert main(["-c", str(recipe), f"output_dir={tmp_path / 'run'}"]) == 1  # 'x' is no feature store
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train: error: x:") and "\n" not in err
+    # the shipped recipes all load
+    for recipe in sorted((REPO / "configs").glob("*.yaml")):
+        load_config(recipe)
+
+
+# ----------------------------------------------------------------------------------
+# schedule, optimizer groups, mixup, label smoothing, sampler
+# ----------------------------------------------------------------------------------
+def test_warmup_cosine_honours_lr_scale():
+    cfg = load_config(None, TINY + ["train=x", "lr=4e-3", "min_lr=1e-6", "warmup_lr=1e-6", "weight_decay=0.05"])
+    model, _, _ = build_model(cfg, 5)
+    opt = build_optimizer(model, cfg)
+    groups = {g["group"]: g for g in opt.param_groups}
+    assert set(groups) == {"decay", "no_decay", "positions"}
+    assert groups["positions"]["weight_decay"] == 0 and groups["no_decay"]["weight_decay"] == 0 and groups["decay"]["weight_decay"] == 0.05
+    sched = WarmupCosine(opt, cfg.lr, cfg.min_lr, cfg.warmup_lr, warmup_steps=10, total_steps=110)
+    for t, base in [(0, 1e-6), (5, 1e-6 + (4e-3 - 1e-6) / 2), (10, 4e-3), (60, 1e-6 + (4e-3 - 1e-6) / 2), (110, 1e-6), (200, 1e-6)]:
+        sched.step_update(t)
+        assert groups["decay"]["lr"] == pytest.approx(base, rel=1e-9)
+        assert groups["no_decay"]["lr"] == pytest.approx(base, rel=1e-9)
+        assert groups["positions"]["lr"] == pytest.approx(5 * base, rel=1e-9)  # x5, not x25
+
+
+def test_label_smoothing_and_mixup_by_hand():
+    y = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    s = smooth_labels(y, 0.1)
+    assert torch.allclose(s, 0.9 * y + 0.1 / 4)
+    x = torch.arange(2 * 3, dtype=torch.float32).view(2, 1, 1, 3)
+    xm, ym = mixup(x, s, 0.7)
+    assert torch.allclose(xm[0], 0.7 * x[0] + 0.3 * x[1]) and torch.allclose(xm[1], 0.7 * x[1] + 0.3 * x[0])
+    assert torch.allclose(ym[0], 0.7 * s[0] + 0.3 * s[1])
+    assert torch.allclose(ym.sum(1), s.sum(1).flip(0) * 0.3 + s.sum(1) * 0.7)
+
+
+def test_sampler_same_micro_batches_whatever_the_world_size():
+    one = GlobalBatchSampler(50, micro_batch=4, world=1, rank=0, accum=2, seed=3)
+    two = [GlobalBatchSampler(50, micro_batch=4, world=2, rank=r, accum=1, seed=3) for r in range(2)]
+    assert one.steps_per_epoch == two[0].steps_per_epoch == 6  # 50 // 8, the last partial batch dropped
+    for epoch in range(2):
+        b1 = one.batches(epoch)
+        b2 = [s.batches(epoch) for s in two]
+        for step in range(6):
+            assert b1[2 * step] == b2[0][step] and b1[2 * step + 1] == b2[1][step]
+        seen = [i for b in b1 for i in b]
+        assert len(seen) == len(set(seen)) == 48
+        assert one.batches(epoch, start_step=4) == b1[8:]  # resume inside the epoch
+    assert one.batches(0) != one.batches(1)
+
+
+# ----------------------------------------------------------------------------------
+# runs
+# ----------------------------------------------------------------------------------
+def _train_args(run: Path, stores, *extra):
+    return TINY + [f"train=[{stores['train96']}]", f"eval={stores['eval']}", "epochs=2", "effective_batch=8", "checkpoint_every=1", f"output_dir={run}", *extra]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, stores):
+    """An uninterrupted 2-epoch run (in this process), the reference for resume."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    cfg = load_config(None, _train_args(run, stores))
+    summary = train(cfg, progress=False)
+    return run, summary
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, stores, full_run):
+    ref_run, _ = full_run
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pipelines.train", *_train_args(run, stores)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (run / "steps.csv").exists() and len(_steps(run)) >= 3:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed = read_checkpoint(run / "last.pt")
+    assert killed["global_step"] < 24 and 0 < killed["step_in_epoch"] < 12, f"the kill should land inside an epoch, not at {killed['epoch']}/{killed['step_in_epoch']}"
+    assert not list(run.glob(".last.pt.tmp*"))  # or a half-written checkpoint was left behind
+    res = subprocess.run([*cmd, "--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = read_checkpoint(ref_run / "last.pt"), read_checkpoint(run / "last.pt")
+    assert a["global_step"] == b["global_step"] == 24
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), f"{k} differs after resume"
+    assert _steps(run) == _steps(ref_run)  # the same loss at every step, bit for bit
+    with open(run / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
+
+
+def test_resume_guards(full_run, stores):
+    run, _ = full_run
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(load_config(None, _train_args(run, stores)), progress=False)
+    with pytest.raises(ConfigError, match=r"lr: 0\.002 -> 0\.001"):
+        train(load_config(None, _train_args(run, stores, "lr=1e-3")), resume=True, progress=False)
+
+
+def test_ddp_two_processes_match_one_process(tmp_path, stores):
+    common = TINY + [f"train=[{stores['train64']}]", f"eval={stores['eval']}", "epochs=2", "effective_batch=16"]
+    single = tmp_path / "single"
+    train(load_config(None, common + [f"output_dir={single}"]), progress=False)  # 1 process x 2 accumulation steps
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pipelines.train", *common, f"output_dir={ddp}"]
+    res = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s1, s2 = _steps(single), _steps(ddp)
+    assert len(s1) == len(s2) == 8
+    for (i, l1), (j, l2) in zip(s1, s2):
+        assert i == j and l1 == pytest.approx(l2, rel=1e-5, abs=1e-7)
+    assert s1[-1][1] < s1[0][1]  # it learns
+    with open(single / "metrics.csv") as f1, open(ddp / "metrics.csv") as f2:
+        e1, e2 = list(csv.DictReader(f1)), list(csv.DictReader(f2))
+    # evaluation gathered from both ranks scores the whole eval set like one process does
+    for r1, r2 in zip(e1, e2):
+        assert float(r1["eval_mAP"]) == pytest.approx(float(r2["eval_mAP"]), abs=1e-4)
+    w1, w2 = read_checkpoint(single / "last.pt")["model"], read_checkpoint(ddp / "last.pt")["model"]
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, stores, capsys):
+    run = tmp_path / "run"
+    # step 0 trains at warmup_lr; the next lr (~1e29) blows the weights up
+    args = TINY + [f"train=[{stores['train64']}]", "epochs=1", "effective_batch=8", "warmup_epochs=1", "warmup_lr=1e-4", "lr=1e30", "checkpoint_every=1", f"output_dir={run}"]
+    assert main(args) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train: error: non-finite") and "\n" not in err
+    assert "last good checkpoint" in err and "--resume" in err
+    ckpt = read_checkpoint(run / "last.pt")
+    assert ckpt["global_step"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert not (run / "release").exists()
+
+
+def test_release_round_trip(full_run, stores):
+    from safetensors.torch import load_file
+
+    from audio_dcls.checkpoint import load_release
+
+    run, summary = full_run
+    folder = Path(summary["release"])
+    assert folder == run / "release" / "convnext_atto_dcls_audio"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "labels.csv", "model.safetensors"]
+    load_file(folder / "model.safetensors")  # plain safetensors, no pickle
+    rel = load_release(folder)
+    assert rel.arch == "convnext_atto_dcls_audio" and rel.model_args["dims"] == TINY_MODEL_ARGS["dims"]
+    assert "drop_path_rate" not in rel.model_args
+    assert rel.frontend == tiny_frontend()
+    assert rel.labels == [(f"/t/tiny{i}", f"tiny class {i}") for i in range(4)]
+    assert rel.training["eval"]["mAP"] == pytest.approx(summary["eval"]["mAP"])
+    assert rel.training["global_steps"] == 24 and rel.training["finished"]
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    assert cfg["training"]["eval"]["classes_scored_ap"] == 4
+    ckpt = read_checkpoint(run / "last.pt")
+    model, _, _ = build_model(ckpt["config_obj"], 4)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    x = torch.randn(3, 1, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(rel.model(x), model(x))
+    assert summary["eval"]["mAP"] > 0.5  # a learnable tiny set: well above chance after 24 steps
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1"] and all(r["eval_mAP"] for r in rows)
+    assert (run / "config.yaml").is_file() and (run / "train.log").is_file()
