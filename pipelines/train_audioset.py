@@ -52,6 +52,16 @@ log = logging.getLogger("pipelines.train_audioset")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PAPER_CONFIG = "configs/convnext_tiny_dcls.yaml"
 MINI_CONFIG = "configs/cpu_mini.yaml"
+
+
+def config_path(name: str) -> str:
+    """A recipe path as given, or else relative to the repository (configs/ ships there)."""
+    if Path(name).is_file():
+        return str(Path(name))
+    shipped = REPO / name
+    if shipped.is_file():
+        return str(shipped)
+    raise SetupError(f"config file not found: {name}")
 MINI_RELEASE_NAME = "convnext_atto_dcls_audio-mini"
 SPLITS = ("balanced_train", "unbalanced_train", "eval")
 
@@ -153,7 +163,7 @@ def run_training(config: str, overrides: List[str], nproc: int) -> Dict:
     else:
         cmd = [sys.executable, "-m", "pipelines.train", "-c", config, *overrides, *resume]
     log.info("running: %s", " ".join(cmd))
-    rc = subprocess.call(cmd, cwd=REPO)
+    rc = subprocess.call(cmd)
     if rc != 0:
         raise SetupError(f"training failed (exit code {rc}); see {out / 'train.log'}")
     return json.loads(summary_path.read_text())
@@ -224,7 +234,7 @@ def run_embedded(args, overrides: List[str]) -> int:
     base = [f"train=[{train_store}]", f"eval={eval_store}", f"output_dir={run_dir}", f"release_dir={release}"]
     if args.device != "auto":
         base.append(f"device={args.device}")
-    train_summary = run_training(args.config or MINI_CONFIG, base + overrides, 1)
+    train_summary = run_training(config_path(args.config or MINI_CONFIG), base + overrides, 1)
     release = Path(train_summary.get("release", release))
     eval_dir = Path(train_summary["run_dir"]) / "eval"
     summary = run_evaluation(release, eval_store, eval_dir, "cpu" if args.device == "auto" else args.device, 0)
@@ -238,9 +248,7 @@ def run_embedded(args, overrides: List[str]) -> int:
 
 def run_audioset(args, overrides: List[str]) -> int:
     t0 = time.perf_counter()
-    config = args.config or DEFAULT_PAPER_CONFIG
-    if not Path(config).is_file():
-        raise SetupError(f"config file not found: {config}")
+    config = config_path(args.config or DEFAULT_PAPER_CONFIG)
     base: List[str] = []
     eval_store: Optional[Path] = None
     if args.audioset_root:
