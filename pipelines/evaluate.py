@@ -14,7 +14,7 @@ HDF5 packs. Outputs, in ``--out``:
 CPU::
 
     python -m pipelines.evaluate runs/release/convnext_atto_dcls_audio-mini \\
-        --store data/stores/mini_eval --out runs/eval/mini --device cpu
+        --store data/stores/embedded_mini_eval --out runs/eval/mini --device cpu
 
 Single GPU (AudioSet eval set, precomputed)::
 

@@ -1,8 +1,9 @@
 """Train an audio tagger: the paper's recipe, one process or torchrun DDP, exact resume.
 
-CPU (the small recipe of the embedded mini-AudioSet; see ``make train-audioset``)::
+CPU (the small recipe of the embedded mini-AudioSet, on the stores ``make train-audioset`` builds)::
 
-    python -m pipelines.train -c configs/cpu_mini.yaml train=[data/stores/mini_train] eval=data/stores/mini_eval
+    python -m pipelines.train -c configs/cpu_mini.yaml
+    python -m pipelines.train -c configs/cpu_mini.yaml train=[data/stores/mini_train] eval=data/stores/mini_eval seed=1
 
 One GPU (gradient accumulation reaches the recipe's effective batch of 4096)::
 
@@ -439,6 +440,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Optional[bool] = Non
         raise ConfigError(f"{out} already holds a run ({CHECKPOINT_FILE}); pass --resume to continue it or choose another output_dir")
     if env.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(f".{CHECKPOINT_FILE}.tmp-*"):  # a process killed while writing a checkpoint
+            stale.unlink(missing_ok=True)
     if env.distributed:
         dist.barrier()
     _setup_logging(env.rank, out)
