@@ -16,6 +16,7 @@ from audio_dcls.layers import (
     fold_dcls,
     positions_are_shared,
     share_positions,
+    share_tap_profiles,
 )
 from audio_dcls.ops import DepthwiseConv2dCPU, conv2d, depthwise_conv2d_cpu, fast_depthwise
 from audio_dcls.ops.depthwise_cpu import fast_path_applies
@@ -223,6 +224,74 @@ def test_shared_positions_accumulate_gradients():
     torch.testing.assert_close(restored(x), model(x))
     with pytest.raises(ValueError):
         share_positions([a, Dcls2d(4, 4, 6, 9, padding=4, groups=4)])
+
+
+class _CountingCache:
+    """Counts profile computations of a TapProfileCache (wraps, does not replace, it)."""
+
+    def __init__(self, cache):
+        self.cache, self.computed = cache, 0
+        inner = cache._entries
+
+        class Entries(dict):
+            def __setitem__(d, k, v):
+                self.computed += 1
+                dict.__setitem__(d, k, v)
+
+        cache._entries = Entries(inner)
+
+
+def _two_shared_layers(seed=3):
+    torch.manual_seed(seed)
+    a, b = Dcls2d(6, 6, 7, 11, padding=5, groups=6), Dcls2d(6, 6, 7, 11, padding=5, groups=6)
+    share_positions([a, b])
+    with torch.no_grad():
+        a.SIG.uniform_(-0.5, 0.5)
+    return nn.Sequential(a, nn.GELU(), b)
+
+
+def test_shared_tap_profiles_same_numbers_computed_once():
+    plain = _two_shared_layers()
+    shared = _two_shared_layers()
+    cache = share_tap_profiles(shared, [shared[0], shared[2]])
+    counter = _CountingCache(cache)
+    x = torch.randn(2, 6, 12, 13)
+    out_p, out_s = plain(x), shared(x)
+    assert counter.computed == 1  # the second layer reused the first one's profiles
+    torch.testing.assert_close(out_s, out_p, atol=1e-6, rtol=0)
+    gp = _grads(out_p, list(plain.parameters()))
+    gs = _grads(out_s, list(shared.parameters()))
+    for a, b in zip(gs, gp):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # Outside the container's forward the cache is off: a layer called alone computes its own.
+    assert not cache.active
+    shared[0](x)
+    assert counter.computed == 1
+
+
+def test_shared_tap_profiles_gradient_accumulation_and_copies():
+    import copy
+    import pickle
+
+    model = _two_shared_layers()
+    share_tap_profiles(model, [model[0], model[2]])
+    x = torch.randn(2, 6, 9, 9)
+    # Two forwards before one step: each must build its own graph (the first
+    # backward frees the first graph's buffers).
+    model(x).square().sum().backward()
+    model(x).square().sum().backward()
+    twice = model[0].P.grad.clone()
+    model.zero_grad()
+    model(x).square().sum().backward()
+    torch.testing.assert_close(twice, 2 * model[0].P.grad)
+    # Copies keep their own working cache, switched by their own hooks.
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone[0].profile_cache is clone[2].profile_cache is not model[0].profile_cache
+        counter = _CountingCache(clone[0].profile_cache)
+        torch.testing.assert_close(clone(x), model(x))
+        assert counter.computed == 1
+    with pytest.raises(ValueError, match="share positions"):
+        share_tap_profiles(nn.Sequential(), [Dcls2d(2, 2, 3, 5, groups=2), Dcls2d(2, 2, 3, 5, groups=2)])
 
 
 def test_param_groups():

@@ -1,10 +1,10 @@
 """DCLS layers and their training/inference helpers."""
 from .dcls_conv import DCLS_LAYERS, Dcls1d, Dcls2d
-from .dcls_kernel import DclsKernel, build_dcls_kernel
+from .dcls_kernel import DclsKernel, build_dcls_kernel, dcls_tap_profiles, kernel_from_profiles
 from .depthwise_conv import DepthwiseConv2d, use_fast_depthwise
 from .fold import fold_dcls, fold_dcls_layer
 from .param_groups import dcls_param_groups
-from .shared_positions import positions_are_shared, share_positions
+from .shared_positions import TapProfileCache, positions_are_shared, share_positions, share_tap_profiles
 
 __all__ = [
     "DCLS_LAYERS",
@@ -12,6 +12,8 @@ __all__ = [
     "Dcls2d",
     "DclsKernel",
     "build_dcls_kernel",
+    "dcls_tap_profiles",
+    "kernel_from_profiles",
     "DepthwiseConv2d",
     "use_fast_depthwise",
     "fold_dcls",
@@ -19,4 +21,6 @@ __all__ = [
     "dcls_param_groups",
     "share_positions",
     "positions_are_shared",
+    "share_tap_profiles",
+    "TapProfileCache",
 ]

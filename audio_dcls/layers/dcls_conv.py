@@ -26,7 +26,7 @@ from torch.nn import init
 from torch.nn.modules.utils import _pair, _single
 
 from ..ops import conv1d, conv2d
-from .dcls_kernel import DclsKernel, check_version
+from .dcls_kernel import DclsKernel, check_version, kernel_from_profiles
 
 _size_any = Union[int, Tuple[int, ...]]
 
@@ -81,6 +81,8 @@ class _DclsNd(nn.Module):
         self.kernel_builder = DclsKernel(self.dilated_kernel_size, self.version)
         self._cached_kernel: Optional[Tensor] = None
         self._cache_key = None
+        # Set by share_tap_profiles when this layer's positions are shared.
+        self.profile_cache = None
         self.reset_parameters()
 
     # Coordinate i of P runs along tensor axis n-1-i (0 = width/time).
@@ -132,12 +134,20 @@ class _DclsNd(nn.Module):
         """
         needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in self._learnable())
         if self.training or needs_graph:
-            return self.kernel_builder(self.weight, self.P, self.SIG)
+            return self._build_kernel()
         key = self._kernel_key()
         if self._cached_kernel is None or key != self._cache_key:
-            self._cached_kernel = self.kernel_builder(self.weight, self.P, self.SIG)
+            self._cached_kernel = self._build_kernel()
             self._cache_key = key
         return self._cached_kernel
+
+    def _build_kernel(self) -> Tensor:
+        cache = self.profile_cache
+        # Under torch.compile the graph deduplicates the shared work itself.
+        if cache is not None and cache.active and not torch.compiler.is_compiling():
+            profiles, inv_norm = cache.profiles(self, self.weight.dtype)
+            return kernel_from_profiles(self.weight, profiles, inv_norm)
+        return self.kernel_builder(self.weight, self.P, self.SIG)
 
     def train(self, mode: bool = True):
         self._cached_kernel = None

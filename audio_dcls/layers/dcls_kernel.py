@@ -27,7 +27,7 @@ Versions:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +73,65 @@ def _axis_profile(grid: Tensor, position: Tensor, sigma: Optional[Tensor], versi
     return torch.relu(s - d.abs())
 
 
+def _check_shapes(positions: Tensor, sigma: Optional[Tensor], sizes: Tuple[int, ...], version: str) -> None:
+    if positions.shape[0] != len(sizes):
+        raise ValueError(f"positions have {positions.shape[0]} coordinates for a {len(sizes)}-D kernel")
+    if version != "bilinear" and sigma is None:
+        raise ValueError(f"version {version!r} needs sigma")
+
+
+def dcls_tap_profiles(
+    positions: Tensor,
+    sigma: Optional[Tensor],
+    dilated_kernel_size: Sequence[int],
+    version: str = "gauss",
+    grids: Optional[Sequence[Tensor]] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tuple[List[Tensor], Tensor]:
+    """The part of the kernel that depends on positions and Σ only.
+
+    Layers that share positions (one stage of the audio models) can compute
+    this once and each apply their own weights with ``kernel_from_profiles``.
+
+    Returns the per-axis profiles in tensor-axis order, each (C, K, D_axis)
+    with C = O·I/g, and the inverse grid sums 1/(Σ_grid g_k + eps), (C, K).
+    """
+    version = check_version(version)
+    sizes = tuple(int(s) for s in dilated_kernel_size)
+    _check_shapes(positions, sigma, sizes, version)
+    n = len(sizes)
+    dtype = dtype or positions.dtype
+    taps = positions.shape[-1]
+    if grids is None:
+        grids = [torch.arange(s, device=positions.device, dtype=dtype) for s in sizes]
+    # Coordinate i of the positions runs along tensor axis n-1-i.
+    profiles = []
+    for axis in range(n):
+        coord = n - 1 - axis
+        centre = positions[coord].reshape(-1, taps).to(dtype) + sizes[axis] // 2
+        sig = None if sigma is None else sigma[coord].reshape(-1, taps).to(dtype)
+        profiles.append(_axis_profile(grids[axis].to(dtype), centre, sig, version))
+    norm = profiles[0].sum(-1)
+    for prof in profiles[1:]:
+        norm = norm * prof.sum(-1)
+    return profiles, 1.0 / (norm + _NORM_EPS)
+
+
+def kernel_from_profiles(weight: Tensor, profiles: Sequence[Tensor], inv_norm: Tensor) -> Tensor:
+    """Dense kernel (O, I/g, *D) from tap weights (O, I/g, K) and ``dcls_tap_profiles``."""
+    out_c, in_c, taps = weight.shape
+    sizes = tuple(p.shape[-1] for p in profiles)
+    scale = weight.reshape(out_c * in_c, taps) * inv_norm  # (C, K)
+    if len(profiles) == 1:
+        kernel = torch.bmm(scale.unsqueeze(1), profiles[0]).squeeze(1)  # (C, D)
+    else:
+        rows = profiles[0] * scale.unsqueeze(-1)  # (C, K, D_h)
+        kernel = torch.bmm(rows.transpose(1, 2), profiles[1])  # (C, D_h, D_w)
+    # Tiny tap weights can still produce subnormals; flush them (see above).
+    kernel = torch.where(kernel.abs() < _SUBNORMAL, torch.zeros_like(kernel), kernel)
+    return kernel.reshape(out_c, in_c, *sizes)
+
+
 def build_dcls_kernel(
     weight: Tensor,
     positions: Tensor,
@@ -96,36 +155,10 @@ def build_dcls_kernel(
     Returns:
         (O, I/g, D) or (O, I/g, D_h, D_w) kernel in ``weight``'s dtype.
     """
-    version = check_version(version)
-    sizes = tuple(int(s) for s in dilated_kernel_size)
-    n = len(sizes)
-    if positions.shape[0] != n:
-        raise ValueError(f"positions have {positions.shape[0]} coordinates for a {n}-D kernel")
-    if version != "bilinear" and sigma is None:
-        raise ValueError(f"version {version!r} needs sigma")
-    out_c, in_c, taps = weight.shape
-    c = out_c * in_c
-    if grids is None:
-        grids = [torch.arange(s, device=weight.device, dtype=weight.dtype) for s in sizes]
-    # Coordinate i of the positions runs along tensor axis n-1-i.
-    profiles = []  # in tensor-axis order, each (C, K, D_axis)
-    for axis in range(n):
-        coord = n - 1 - axis
-        centre = positions[coord].reshape(c, taps) + sizes[axis] // 2
-        sig = None if sigma is None else sigma[coord].reshape(c, taps)
-        profiles.append(_axis_profile(grids[axis].to(weight.dtype), centre, sig, version))
-    norm = profiles[0].sum(-1)
-    for prof in profiles[1:]:
-        norm = norm * prof.sum(-1)
-    scale = weight.reshape(c, taps) / (norm + _NORM_EPS)  # (C, K)
-    if n == 1:
-        kernel = torch.bmm(scale.unsqueeze(1), profiles[0]).squeeze(1)  # (C, D)
-    else:
-        rows = profiles[0] * scale.unsqueeze(-1)  # (C, K, D_h)
-        kernel = torch.bmm(rows.transpose(1, 2), profiles[1])  # (C, D_h, D_w)
-    # Tiny tap weights can still produce subnormals; flush them (see above).
-    kernel = torch.where(kernel.abs() < _SUBNORMAL, torch.zeros_like(kernel), kernel)
-    return kernel.reshape(out_c, in_c, *sizes)
+    profiles, inv_norm = dcls_tap_profiles(positions, sigma, dilated_kernel_size, version, grids, weight.dtype)
+    if positions.shape[1:] != weight.shape:
+        raise ValueError(f"positions {tuple(positions.shape)} do not match weight {tuple(weight.shape)}")
+    return kernel_from_profiles(weight, profiles, inv_norm)
 
 
 class DclsKernel(nn.Module):
@@ -148,6 +181,9 @@ class DclsKernel(nn.Module):
 
     def forward(self, weight: Tensor, positions: Tensor, sigma: Optional[Tensor]) -> Tensor:
         return build_dcls_kernel(weight, positions, sigma, self.dilated_kernel_size, self.version, self.grids())
+
+    def profiles(self, positions: Tensor, sigma: Optional[Tensor], dtype: torch.dtype) -> Tuple[List[Tensor], Tensor]:
+        return dcls_tap_profiles(positions, sigma, self.dilated_kernel_size, self.version, self.grids(), dtype)
 
     def extra_repr(self) -> str:
         return f"dilated_kernel_size={self.dilated_kernel_size}, version={self.version!r}"

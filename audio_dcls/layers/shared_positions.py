@@ -6,10 +6,18 @@ making the layers hold the *same* ``nn.Parameter`` object: autograd then sums
 the gradients of all sharers into it, ``model.parameters()`` lists it once,
 and state dicts keep one entry per layer (all equal), so loading works as for
 unshared layers.
+
+Layers that share positions also share everything the kernel build derives
+from them (the per-axis tap profiles and their grid sums). ``share_tap_profiles``
+lets them compute those once per forward pass of the module that contains
+them, instead of once per layer.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Sequence, Tuple
+
+import torch
+from torch import nn
 
 from .dcls_conv import _DclsNd
 
@@ -37,3 +45,69 @@ def share_positions(layers: Sequence[_DclsNd]) -> None:
 
 def positions_are_shared(a: _DclsNd, b: _DclsNd) -> bool:
     return a.P is b.P and a.SIG is b.SIG
+
+
+class TapProfileCache:
+    """Tap profiles of shared positions, valid during one forward of a module.
+
+    Filled by the first layer of a sharing group that builds its kernel and
+    reused by the others, only while ``active``: outside that window (a layer
+    called on its own, activation-checkpoint recomputation in the backward)
+    every layer computes its own profiles, so no profile tensor ever outlives
+    the autograd graph it belongs to.
+    """
+
+    def __init__(self):
+        self.active = False
+        self._entries: Dict[Tuple, Tuple] = {}
+
+    def start(self, *_):
+        self.active = True
+        self._entries.clear()
+
+    def stop(self, *_):
+        self.active = False
+        self._entries.clear()
+
+    def profiles(self, layer: _DclsNd, dtype: torch.dtype):
+        sig = layer.SIG
+        key = (
+            id(layer.P), layer.P._version,
+            None if sig is None else (id(sig), sig._version),
+            dtype, layer.P.device, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+            layer.kernel_builder.dilated_kernel_size, layer.version,
+        )
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = layer.kernel_builder.profiles(layer.P, sig, dtype)
+        return entry
+
+
+class _StartCache:
+    # A callable object rather than a closure: deepcopy/pickle of the model then
+    # carry the hook along with the cache the copied layers point at.
+    def __init__(self, cache: TapProfileCache):
+        self.cache = cache
+
+    def __call__(self, module, args):
+        self.cache.start()
+
+
+class _StopCache(_StartCache):
+    def __call__(self, module, args, output):
+        self.cache.stop()
+
+
+def share_tap_profiles(container: nn.Module, layers: Sequence[_DclsNd]) -> TapProfileCache:
+    """Let ``layers`` (which share positions) reuse one set of tap profiles
+    during each forward of ``container``, a module that runs all of them."""
+    layers = list(layers)
+    for layer in layers[1:]:
+        if not positions_are_shared(layers[0], layer):
+            raise ValueError("share_tap_profiles needs layers that share positions (share_positions first)")
+    cache = TapProfileCache()
+    for layer in layers:
+        layer.profile_cache = cache
+    container.register_forward_pre_hook(_StartCache(cache))
+    container.register_forward_hook(_StopCache(cache), always_call=True)
+    return cache

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from timm.layers import trunc_normal_
 
-from audio_dcls.layers import Dcls2d, share_positions
+from audio_dcls.layers import Dcls2d, share_positions, share_tap_profiles
 
 # (frequency, time) extent and stride of the patch stem: 128×1001 -> 64×62.
 AUDIO_STEM_PATCH: Tuple[int, int] = (2, 16)
@@ -109,8 +109,22 @@ def swap_stages_to_dcls(model: nn.Module, stage_names: Sequence[Sequence[str]], 
             replace_module(model, name, layer)
             layers.append(layer)
         share_positions(layers)
+        if len(layers) > 1:
+            # The stage's common parent runs every layer once per forward.
+            parent = ".".join(_common_prefix([n.split(".") for n in names]))
+            share_tap_profiles(model.get_submodule(parent) if parent else model, layers)
         stages.append(layers)
     return stages
+
+
+def _common_prefix(paths: Sequence[Sequence[str]]) -> List[str]:
+    prefix = []
+    for parts in zip(*paths):
+        if len(set(parts)) != 1:
+            break
+        prefix.append(parts[0])
+    # A full path names a layer itself, never a container of the group.
+    return prefix[:-1] if len(paths) == 1 else prefix
 
 
 def dcls_stage_layers(model: nn.Module) -> List[List[Dcls2d]]:
