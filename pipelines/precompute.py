@@ -139,7 +139,7 @@ def _build_shard(task: tuple[int, list[Clip], str]) -> dict:
             with torch.inference_mode():
                 m = lm(torch.from_numpy(x).unsqueeze(0))  # (1, 1, F, T)
             row = len(ids)
-            feats[row] = m[0, 0].numpy()
+            torch.from_numpy(feats[row]).copy_(m[0, 0])  # torch's float16 cast is ~30x faster than numpy's
             targets[row, list(clip.labels)] = 1
             ids.append(clip.id)
         except AudioDecodeError as e:
