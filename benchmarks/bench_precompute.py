@@ -19,7 +19,7 @@ alternate round by round; each round's own ratio is printed too, and wall-clock 
 (on an idle machine CPU and wall agree).
 Targets (issue 4): ours >= 1.5x the baseline and >= 30 clips/s per core.
 
-    python benchmarks/bench_precompute.py [--clips 96] [--repeats 3] [--workers 2]
+    python benchmarks/bench_precompute.py [--clips 96] [--repeats 5] [--workers 2]
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def run_ours(csv_path: Path, audio_dir: Path, workers: int) -> tuple[float, floa
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=96, help="FLAC files to process (default %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per side; the fastest counts (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per side; the fastest counts (default %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="also time the build with this many worker processes (0: skip)")
     p.add_argument("--data", type=Path, default=REPO / ".bench" / "precompute_flac", help="cache folder for the generated files")
     args = p.parse_args()

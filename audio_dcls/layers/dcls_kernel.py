@@ -127,8 +127,10 @@ def kernel_from_profiles(weight: Tensor, profiles: Sequence[Tensor], inv_norm: T
     else:
         rows = profiles[0] * scale.unsqueeze(-1)  # (C, K, D_h)
         kernel = torch.bmm(rows.transpose(1, 2), profiles[1])  # (C, D_h, D_w)
-    # Tiny tap weights can still produce subnormals; flush them (see above).
-    kernel = torch.where(kernel.abs() < _SUBNORMAL, torch.zeros_like(kernel), kernel)
+    # Tiny tap weights can still produce subnormals; flush them (see above). GPUs handle
+    # subnormals at full speed, and there these three extra kernel launches per layer only cost.
+    if kernel.device.type == "cpu":
+        kernel = torch.where(kernel.abs() < _SUBNORMAL, torch.zeros_like(kernel), kernel)
     return kernel.reshape(out_c, in_c, *sizes)
 
 
