@@ -157,9 +157,9 @@ def build_dcls_kernel(
     Returns:
         (O, I/g, D) or (O, I/g, D_h, D_w) kernel in ``weight``'s dtype.
     """
-    profiles, inv_norm = dcls_tap_profiles(positions, sigma, dilated_kernel_size, version, grids, weight.dtype)
     if positions.shape[1:] != weight.shape:
         raise ValueError(f"positions {tuple(positions.shape)} do not match weight {tuple(weight.shape)}")
+    profiles, inv_norm = dcls_tap_profiles(positions, sigma, dilated_kernel_size, version, grids, weight.dtype)
     return kernel_from_profiles(weight, profiles, inv_norm)
 
 

@@ -14,6 +14,7 @@ these models (truncated normal, std 0.02, zero bias).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -111,20 +112,10 @@ def swap_stages_to_dcls(model: nn.Module, stage_names: Sequence[Sequence[str]], 
         share_positions(layers)
         if len(layers) > 1:
             # The stage's common parent runs every layer once per forward.
-            parent = ".".join(_common_prefix([n.split(".") for n in names]))
+            parent = ".".join(os.path.commonprefix([n.split(".") for n in names]))
             share_tap_profiles(model.get_submodule(parent) if parent else model, layers)
         stages.append(layers)
     return stages
-
-
-def _common_prefix(paths: Sequence[Sequence[str]]) -> List[str]:
-    prefix = []
-    for parts in zip(*paths):
-        if len(set(parts)) != 1:
-            break
-        prefix.append(parts[0])
-    # A full path names a layer itself, never a container of the group.
-    return prefix[:-1] if len(paths) == 1 else prefix
 
 
 def dcls_stage_layers(model: nn.Module) -> List[List[Dcls2d]]:
