@@ -20,6 +20,9 @@ measurement, so a cut-off run keeps what it measured). A global time budget
 (``--budget-s``, default 450 s) keeps the whole run under 8 minutes on one H100.
 
 Single GPU:  python benchmarks/bench_gpu.py --out runs/bench_gpu [--channels-last] [--oracle-wheel dcls-0.1.1-py3-none-any.whl]
+Diagnosis:   python benchmarks/bench_gpu.py --out runs/bench_gpu --models convnext_tiny --profile
+             (per model column: host time to issue a training step vs device busy time,
+             operator and kernel-launch counts, the top operators on each side)
 Layers only: python benchmarks/bench_gpu.py --out runs/bench_gpu --layers-only --check
              (--check: our kernels against F.conv2d on the stage shapes, and each pass timed alone)
 CPU smoke:   .venv/bin/python benchmarks/bench_gpu.py --device cpu --tiny --out /tmp/bench_gpu
@@ -390,6 +393,8 @@ def bench_model(model: nn.Module, args, device, budget: Budget, train: bool = Tr
     if train:
         sec, iters = timed(train_step, device, target_s, min_iters=args.min_iters, max_iters=100, warmup=args.warmup)
         out.update(train_samples_per_s=args.batch / sec, train_step_ms=1000 * sec, train_iters=iters)
+        if args.profile:
+            out["train_step_profile"] = profile_step(train_step, device, args.profile_rows)
     else:
         out["train"] = "skipped"
 
@@ -401,6 +406,43 @@ def bench_model(model: nn.Module, args, device, budget: Budget, train: bool = Tr
 
     sec, iters = timed(infer_step, device, target_s / 2, min_iters=args.min_iters, max_iters=200, warmup=args.warmup)
     out.update(infer_samples_per_s=args.batch / sec, infer_ms=1000 * sec, infer_iters=iters)
+    return out
+
+
+def profile_step(step: Callable[[], None], device, rows: int = 12) -> dict:
+    """Where one (already warm) step spends its time: host time to issue it, device busy
+    time, operator and kernel-launch counts, and the top operators by self time on each side.
+
+    A step whose host time is close to its wall time while the device idles is bound by
+    launch overhead (many small kernels), not by the kernels themselves.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        issued = time.perf_counter()
+        _sync(device)
+        done = time.perf_counter()
+    events = prof.key_averages()
+
+    def self_device_us(e) -> float:
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+    top_level = [e for e in prof.events() if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    kernels = [e for e in prof.events() if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")]
+    out = {
+        "wall_ms": 1000 * (done - start),
+        "host_issue_ms": 1000 * (issued - start),
+        "aten_ops": len(top_level),
+        "device_kernels": len(kernels),
+        "device_busy_ms": sum(self_device_us(e) for e in events) / 1000 if device.type == "cuda" else None,
+        "top_host_ops_ms": {e.key: round(e.self_cpu_time_total / 1000, 3) for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]},
+    }
+    if device.type == "cuda":
+        out["top_device_ops_ms"] = {e.key: round(self_device_us(e) / 1000, 3) for e in sorted(events, key=lambda e: -self_device_us(e))[:rows]}
     return out
 
 
@@ -509,6 +551,9 @@ def parse_args(argv=None):
     p.add_argument("--layer-formats", default="nchw,channels_last", help="input layouts of the layer table")
     p.add_argument("--models", default=None, help="comma-separated families to run (default: all six models)")
     p.add_argument("--oracle-wheel", default=None, help="dcls 0.1.1 wheel for the reference-DCLS column")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one training step per model column (host vs device time, launch counts, top ops)")
+    p.add_argument("--profile-rows", type=int, default=12, help="operators listed per side with --profile")
     p.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget of the whole run")
     p.add_argument("--reserve-s", type=float, default=None, help="stop starting measurements with less than this left")
     args = p.parse_args(argv)

@@ -29,7 +29,7 @@ def smoke_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_gpu")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--tiny", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--tiny", "--profile", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -39,7 +39,7 @@ def smoke_report(tmp_path_factory):
 def test_layer_table_and_ratios(smoke_report):
     report, stdout = smoke_report
     assert report["meta"]["tiny"] and report["meta"]["batch"] == 2
-    assert "reproduce: python benchmarks/bench_gpu.py --device cpu --tiny --out" in stdout
+    assert "reproduce: python benchmarks/bench_gpu.py --device cpu --tiny --profile --out" in stdout
     assert list(report["layers"]) == ["nchw", "channels_last"]
     for layers in report["layers"].values():
         assert list(layers) == ["8@32x12", "16@16x6", "16@8x3", "32@4x1"]
@@ -59,6 +59,8 @@ def test_model_columns(smoke_report):
     for column in ("stock_dsc", "ours_dsc", "ours_dcls"):
         res = row[column]
         assert res.get("train_samples_per_s", 0) > 0 and res.get("infer_samples_per_s", 0) > 0, (column, res)
+        prof = res["train_step_profile"]  # --profile: one step's host/device split and top operators
+        assert prof["wall_ms"] > 0 and prof["aten_ops"] > 0 and len(prof["top_host_ops_ms"]) == 12, prof
     oracle = row["oracle_dcls"]  # the reference layers swapped in; inference only on CPU (slow)
     if not ("skipped" in oracle and "dcls" in oracle["skipped"]):  # else: reference package not installed
         assert oracle.get("infer_samples_per_s", 0) > 0 and oracle["train"] == "skipped", oracle
