@@ -607,6 +607,7 @@ def main(argv=None) -> int:
         "channels_last": args.channels_last, "autocast": "bf16" if device.type == "cuda" else "off",
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "tiny": args.tiny,
         "triton_route": conv_ops._triton is not None,
+        "fused_dcls_build": os.environ.get("AUDIO_DCLS_FUSED_BUILD", "1"),
     }
     report = Report(Path(args.out) / "bench_gpu.json", meta)
     tuning_log = _listen_to_autotuner()
@@ -628,6 +629,9 @@ def main(argv=None) -> int:
         tri = conv_ops._triton
         report.data["triton"] = {"tuned": tri.tuned_configs(), "wgrad_routes": tri.wgrad_routes(), "fallbacks": tri.fallback_events(),
                                  "autotuning": tuning_log}
+    from audio_dcls.layers.dcls_kernel import _FUSED_BUILD_FAILED
+
+    report.data["meta"]["fused_dcls_build_failures"] = list(_FUSED_BUILD_FAILED)
     report.data["meta"]["wall_s"] = time.monotonic() - t0
     report.save()
 

@@ -1,4 +1,5 @@
 """DCLS layers: parity with the reference package, and our own guarantees."""
+import copy
 import logging
 import math
 
@@ -16,7 +17,7 @@ from audio_dcls.layers import (
     fold_dcls,
     positions_are_shared,
     share_positions,
-    share_tap_profiles,
+    share_kernel_build,
 )
 from audio_dcls.ops import DepthwiseConv2dCPU, conv2d, depthwise_conv2d_cpu, fast_depthwise
 from audio_dcls.ops.depthwise_cpu import fast_path_applies
@@ -227,7 +228,7 @@ def test_shared_positions_accumulate_gradients():
 
 
 class _CountingCache:
-    """Counts profile computations of a TapProfileCache (wraps, does not replace, it)."""
+    """Counts the group builds of a SharedKernelCache (wraps, does not replace, it)."""
 
     def __init__(self, cache):
         self.cache, self.computed = cache, 0
@@ -250,31 +251,37 @@ def _two_shared_layers(seed=3):
     return nn.Sequential(a, nn.GELU(), b)
 
 
-def test_shared_tap_profiles_same_numbers_computed_once():
+def test_shared_kernel_build_same_numbers_built_once():
     plain = _two_shared_layers()
     shared = _two_shared_layers()
-    cache = share_tap_profiles(shared, [shared[0], shared[2]])
+    cache = share_kernel_build(shared, [shared[0], shared[2]])
     counter = _CountingCache(cache)
     x = torch.randn(2, 6, 12, 13)
     out_p, out_s = plain(x), shared(x)
-    assert counter.computed == 1  # the second layer reused the first one's profiles
+    assert counter.computed == 1  # the first layer built both kernels, the second took its own
     torch.testing.assert_close(out_s, out_p, atol=1e-6, rtol=0)
     gp = _grads(out_p, list(plain.parameters()))
     gs = _grads(out_s, list(shared.parameters()))
     for a, b in zip(gs, gp):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    # Outside the container's forward the cache is off: a layer called alone computes its own.
+    # Outside the container's forward the cache is off: a layer called alone builds its own.
     assert not cache.active
     shared[0](x)
     assert counter.computed == 1
+    # Folding takes the layers out of the group; the folded model gives the same outputs.
+    with torch.no_grad():
+        folded = fold_dcls(copy.deepcopy(shared).eval())
+        assert not any(isinstance(m, Dcls2d) for m in folded.modules())
+        assert [m for m in folded.modules() if hasattr(m, "shared_kernel_cache")] == []
+        torch.testing.assert_close(folded(x), shared.eval()(x), atol=1e-5, rtol=0)
+    assert shared[0].shared_kernel_cache.layers == [shared[0], shared[2]]  # the original keeps its group
 
 
-def test_shared_tap_profiles_gradient_accumulation_and_copies():
-    import copy
+def test_shared_kernel_build_gradient_accumulation_and_copies():
     import pickle
 
     model = _two_shared_layers()
-    share_tap_profiles(model, [model[0], model[2]])
+    share_kernel_build(model, [model[0], model[2]])
     x = torch.randn(2, 6, 9, 9)
     # Two forwards before one step: each must build its own graph (the first
     # backward frees the first graph's buffers).
@@ -286,12 +293,12 @@ def test_shared_tap_profiles_gradient_accumulation_and_copies():
     torch.testing.assert_close(twice, 2 * model[0].P.grad)
     # Copies keep their own working cache, switched by their own hooks.
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert clone[0].profile_cache is clone[2].profile_cache is not model[0].profile_cache
-        counter = _CountingCache(clone[0].profile_cache)
+        assert clone[0].shared_kernel_cache is clone[2].shared_kernel_cache is not model[0].shared_kernel_cache
+        counter = _CountingCache(clone[0].shared_kernel_cache)
         torch.testing.assert_close(clone(x), model(x))
         assert counter.computed == 1
     with pytest.raises(ValueError, match="share positions"):
-        share_tap_profiles(nn.Sequential(), [Dcls2d(2, 2, 3, 5, groups=2), Dcls2d(2, 2, 3, 5, groups=2)])
+        share_kernel_build(nn.Sequential(), [Dcls2d(2, 2, 3, 5, groups=2), Dcls2d(2, 2, 3, 5, groups=2)])
 
 
 def test_param_groups():

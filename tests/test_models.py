@@ -252,25 +252,23 @@ def test_positions_shared_within_a_stage_only(name):
 
 
 @pytest.mark.parametrize("name", [n for n in SMALL if "_dcls_" in n])
-def test_stage_tap_profiles_built_once_per_forward(name):
-    """Layers sharing a stage's positions build its tap profiles once per forward, same numbers."""
-    model = _pristine(name).train()
+def test_stage_kernels_built_together_once_per_forward(name):
+    """The DCLS layers of a stage build their kernels as one group, once per forward: same numbers."""
+    model = copy.deepcopy(_pristine(name)).train()
     calls = []
     for layers in dcls_stage_layers(model):
-        if len(layers) > 1:
-            assert all(m.profile_cache is layers[0].profile_cache is not None for m in layers)
+        assert all(m.shared_kernel_cache is layers[0].shared_kernel_cache is not None for m in layers)
         # Every layer has its own builder object; count calls on all of them.
         for m in layers:
             m.kernel_builder.profiles = (lambda orig: lambda *a, **k: calls.append(1) or orig(*a, **k))(m.kernel_builder.profiles)
     x = torch.randn(2, 1, 128, 200, generator=torch.Generator().manual_seed(0))
     out = model(x)
-    shared_stages = sum(len(layers) > 1 for layers in dcls_stage_layers(model))
-    assert len(calls) == shared_stages
-    # Without the caches every layer builds its own profiles: same output and gradients.
+    assert len(calls) == len(dcls_stage_layers(model)) == 4
+    # Without the caches every layer builds its own kernel: same output and gradients.
     plain = copy.deepcopy(model)
     for m in plain.modules():
         if isinstance(m, Dcls2d):
-            m.profile_cache = None
+            m.shared_kernel_cache = None
     ref = plain(x)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))

@@ -4,7 +4,7 @@ from .dcls_kernel import DclsKernel, build_dcls_kernel, dcls_tap_profiles, kerne
 from .depthwise_conv import DepthwiseConv2d, use_fast_depthwise
 from .fold import fold_dcls, fold_dcls_layer
 from .param_groups import dcls_param_groups
-from .shared_positions import TapProfileCache, positions_are_shared, share_positions, share_tap_profiles
+from .shared_positions import SharedKernelCache, positions_are_shared, share_positions, share_kernel_build
 
 __all__ = [
     "DCLS_LAYERS",
@@ -21,6 +21,6 @@ __all__ = [
     "dcls_param_groups",
     "share_positions",
     "positions_are_shared",
-    "share_tap_profiles",
-    "TapProfileCache",
+    "share_kernel_build",
+    "SharedKernelCache",
 ]

@@ -26,7 +26,7 @@ from torch.nn import init
 from torch.nn.modules.utils import _pair, _single
 
 from ..ops import conv1d, conv2d
-from .dcls_kernel import DclsKernel, check_version, kernel_from_profiles
+from .dcls_kernel import DclsKernel, check_version
 
 _size_any = Union[int, Tuple[int, ...]]
 
@@ -81,8 +81,8 @@ class _DclsNd(nn.Module):
         self.kernel_builder = DclsKernel(self.dilated_kernel_size, self.version)
         self._cached_kernel: Optional[Tensor] = None
         self._cache_key = None
-        # Set by share_tap_profiles when this layer's positions are shared.
-        self.profile_cache = None
+        # Set by share_kernel_build when this layer's positions are shared.
+        self.shared_kernel_cache = None
         self.reset_parameters()
 
     # Coordinate i of P runs along tensor axis n-1-i (0 = width/time).
@@ -142,11 +142,10 @@ class _DclsNd(nn.Module):
         return self._cached_kernel
 
     def _build_kernel(self) -> Tensor:
-        cache = self.profile_cache
+        cache = self.shared_kernel_cache
         # Under torch.compile the graph deduplicates the shared work itself.
         if cache is not None and cache.active and not torch.compiler.is_compiling():
-            profiles, inv_norm = cache.profiles(self, self.weight.dtype)
-            return kernel_from_profiles(self.weight, profiles, inv_norm)
+            return cache.kernel(self)
         return self.kernel_builder(self.weight, self.P, self.SIG)
 
     def train(self, mode: bool = True):

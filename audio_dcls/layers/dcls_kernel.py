@@ -26,7 +26,10 @@ Versions:
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -163,6 +166,35 @@ def build_dcls_kernel(
     return kernel_from_profiles(weight, profiles, inv_norm)
 
 
+# Why the fused build was given up, if it was (then the PyTorch build is used from there on).
+_FUSED_BUILD_FAILED: List[str] = []
+
+
+def _fused_gauss_applies(weights: Sequence[Tensor], positions: Tensor, sigma: Optional[Tensor], version: str) -> bool:
+    """Whether ``shared_kernels`` takes the fused Triton build.
+
+    AUDIO_DCLS_FUSED_BUILD: 1 (default) on CUDA tensors, 0 never, ``force`` on any
+    device (CPU tensors need TRITON_INTERPRET=1: how the tests run it).
+    """
+    mode = os.environ.get("AUDIO_DCLS_FUSED_BUILD", "1")
+    if mode in ("", "0") or _FUSED_BUILD_FAILED:
+        return False
+    if version != "gauss" or sigma is None or positions.shape[0] != 2 or not (positions.is_cuda or mode == "force"):
+        return False
+    if any(t.dtype != torch.float32 for t in (positions, sigma, *weights)):
+        return False
+    return _triton_available()
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401 - CUDA builds of torch carry it
+    except ImportError:
+        return False
+    return True
+
+
 class DclsKernel(nn.Module):
     """Builds the dense kernel of a DCLS layer; usable on its own.
 
@@ -186,6 +218,26 @@ class DclsKernel(nn.Module):
 
     def profiles(self, positions: Tensor, sigma: Optional[Tensor], dtype: torch.dtype) -> Tuple[List[Tensor], Tensor]:
         return dcls_tap_profiles(positions, sigma, self.dilated_kernel_size, self.version, self.grids(), dtype)
+
+    def shared_kernels(self, weights: Sequence[Tensor], positions: Tensor, sigma: Optional[Tensor]) -> List[Tensor]:
+        """Kernels of several layers that share ``positions``/``sigma``, one per weight.
+
+        On CUDA, 2-D Gauss kernels in fp32 come from two fused Triton kernels (one
+        forward, one backward, for all the layers); elsewhere the shared profiles are
+        computed once and each layer's weights applied to them.
+        """
+        if _fused_gauss_applies(weights, positions, sigma, self.version):
+            from ..ops.dcls_kernel_triton import dcls_gauss_kernels
+
+            try:
+                return list(dcls_gauss_kernels(torch.stack(list(weights)), positions, sigma, self.dilated_kernel_size).unbind(0))
+            except Exception as err:  # noqa: BLE001 - a Triton/GPU combination that cannot compile it
+                if os.environ.get("AUDIO_DCLS_TRITON_STRICT", "0") not in ("", "0"):
+                    raise
+                _FUSED_BUILD_FAILED.append(f"{type(err).__name__}: {err}")
+                warnings.warn(f"fused DCLS kernel build unavailable ({type(err).__name__}: {err}); using the PyTorch build", RuntimeWarning)
+        profiles, inv_norm = self.profiles(positions, sigma, weights[0].dtype)
+        return [kernel_from_profiles(w, profiles, inv_norm) for w in weights]
 
     def extra_repr(self) -> str:
         return f"dilated_kernel_size={self.dilated_kernel_size}, version={self.version!r}"

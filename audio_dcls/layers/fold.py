@@ -46,5 +46,9 @@ def fold_dcls(model: nn.Module) -> nn.Module:
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, fold_dcls_layer(model.get_submodule(name)))
+        layer = model.get_submodule(name)
+        setattr(parent, child, fold_dcls_layer(layer))
+        if layer.shared_kernel_cache is not None:  # its group no longer builds a kernel for it
+            layer.shared_kernel_cache.forget(layer)
+            layer.shared_kernel_cache = None
     return model

@@ -8,9 +8,9 @@ and state dicts keep one entry per layer (all equal), so loading works as for
 unshared layers.
 
 Layers that share positions also share everything the kernel build derives
-from them (the per-axis tap profiles and their grid sums). ``share_tap_profiles``
-lets them compute those once per forward pass of the module that contains
-them, instead of once per layer.
+from them (the per-axis tap profiles and their grid sums). ``share_kernel_build``
+lets the group build all its kernels together once per forward pass of the
+module that contains them, instead of layer by layer.
 """
 from __future__ import annotations
 
@@ -47,19 +47,21 @@ def positions_are_shared(a: _DclsNd, b: _DclsNd) -> bool:
     return a.P is b.P and a.SIG is b.SIG
 
 
-class TapProfileCache:
-    """Tap profiles of shared positions, valid during one forward of a module.
+class SharedKernelCache:
+    """The kernels of a group of layers sharing positions, valid during one forward of a module.
 
-    Filled by the first layer of a sharing group that builds its kernel and
-    reused by the others, only while ``active``: outside that window (a layer
-    called on its own, activation-checkpoint recomputation in the backward)
-    every layer computes its own profiles, so no profile tensor ever outlives
-    the autograd graph it belongs to.
+    The first layer of the group that needs its kernel builds every layer's
+    (``DclsKernel.shared_kernels``: the tap profiles once, or on CUDA one fused
+    kernel for the whole group); the others take theirs. This happens only while
+    ``active``: outside that window (a layer called on its own, activation-checkpoint
+    recomputation in the backward) every layer builds its own kernel, so no shared
+    tensor ever outlives the autograd graph it belongs to.
     """
 
-    def __init__(self):
+    def __init__(self, layers: Sequence[_DclsNd]):
+        self.layers = list(layers)
         self.active = False
-        self._entries: Dict[Tuple, Tuple] = {}
+        self._entries: Dict[Tuple, Dict[int, torch.Tensor]] = {}
 
     def start(self, *_):
         self.active = True
@@ -69,24 +71,30 @@ class TapProfileCache:
         self.active = False
         self._entries.clear()
 
-    def profiles(self, layer: _DclsNd, dtype: torch.dtype):
-        sig = layer.SIG
+    def forget(self, layer: _DclsNd) -> None:
+        """Drop a layer that left the model (folded, replaced)."""
+        self.layers = [m for m in self.layers if m is not layer]
+
+    def kernel(self, layer: _DclsNd) -> torch.Tensor:
+        owner = self.layers[0]
+        sig = owner.SIG
         key = (
-            id(layer.P), layer.P._version,
+            id(owner.P), owner.P._version,
             None if sig is None else (id(sig), sig._version),
-            dtype, layer.P.device, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-            layer.kernel_builder.dilated_kernel_size, layer.version,
+            tuple((id(m.weight), m.weight._version, m.weight.dtype) for m in self.layers),
+            owner.P.device, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
         )
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = layer.kernel_builder.profiles(layer.P, sig, dtype)
-        return entry
+            kernels = owner.kernel_builder.shared_kernels([m.weight for m in self.layers], owner.P, sig)
+            entry = self._entries[key] = {id(m): k for m, k in zip(self.layers, kernels)}
+        return entry[id(layer)]
 
 
 class _StartCache:
     # A callable object rather than a closure: deepcopy/pickle of the model then
     # carry the hook along with the cache the copied layers point at.
-    def __init__(self, cache: TapProfileCache):
+    def __init__(self, cache: SharedKernelCache):
         self.cache = cache
 
     def __call__(self, module, args):
@@ -98,16 +106,16 @@ class _StopCache(_StartCache):
         self.cache.stop()
 
 
-def share_tap_profiles(container: nn.Module, layers: Sequence[_DclsNd]) -> TapProfileCache:
+def share_kernel_build(container: nn.Module, layers: Sequence[_DclsNd]) -> SharedKernelCache:
     """Let ``layers`` (which share positions) reuse one set of tap profiles
     during each forward of ``container``, a module that runs all of them."""
     layers = list(layers)
     for layer in layers[1:]:
         if not positions_are_shared(layers[0], layer):
-            raise ValueError("share_tap_profiles needs layers that share positions (share_positions first)")
-    cache = TapProfileCache()
+            raise ValueError("share_kernel_build needs layers that share positions (share_positions first)")
+    cache = SharedKernelCache(layers)
     for layer in layers:
-        layer.profile_cache = cache
+        layer.shared_kernel_cache = cache
     container.register_forward_pre_hook(_StartCache(cache))
     container.register_forward_hook(_StopCache(cache), always_call=True)
     return cache

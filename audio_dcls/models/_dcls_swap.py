@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from timm.layers import trunc_normal_
 
-from audio_dcls.layers import Dcls2d, share_positions, share_tap_profiles
+from audio_dcls.layers import Dcls2d, share_positions, share_kernel_build
 
 # (frequency, time) extent and stride of the patch stem: 128×1001 -> 64×62.
 AUDIO_STEM_PATCH: Tuple[int, int] = (2, 16)
@@ -110,10 +110,12 @@ def swap_stages_to_dcls(model: nn.Module, stage_names: Sequence[Sequence[str]], 
             replace_module(model, name, layer)
             layers.append(layer)
         share_positions(layers)
-        if len(layers) > 1:
-            # The stage's common parent runs every layer once per forward.
-            parent = ".".join(os.path.commonprefix([n.split(".") for n in names]))
-            share_tap_profiles(model.get_submodule(parent) if parent else model, layers)
+        if layers:
+            # Built together once per forward of the stage's innermost common container (a
+            # one-layer stage: the layer's parent), which runs every layer of the group.
+            parts = os.path.commonprefix([n.split(".") for n in names])
+            parent = ".".join(parts[:-1] if len(names) == 1 else parts)
+            share_kernel_build(model.get_submodule(parent) if parent else model, layers)
         stages.append(layers)
     return stages
 
