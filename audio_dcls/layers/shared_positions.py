@@ -98,12 +98,14 @@ class _StartCache:
         self.cache = cache
 
     def __call__(self, module, args):
-        self.cache.start()
+        if not torch.compiler.is_compiling():  # compiled graphs build per layer (see _DclsNd._build_kernel)
+            self.cache.start()
 
 
 class _StopCache(_StartCache):
     def __call__(self, module, args, output):
-        self.cache.stop()
+        if not torch.compiler.is_compiling():
+            self.cache.stop()
 
 
 def share_kernel_build(container: nn.Module, layers: Sequence[_DclsNd]) -> SharedKernelCache:
