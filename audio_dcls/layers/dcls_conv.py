@@ -142,11 +142,14 @@ class _DclsNd(nn.Module):
         return self._cached_kernel
 
     def _build_kernel(self) -> Tensor:
+        if torch.compiler.is_compiling():
+            # Plain tensor operations: the compiler fuses them (and the shared work) itself.
+            return self.kernel_builder(self.weight, self.P, self.SIG)
         cache = self.shared_kernel_cache
-        # Under torch.compile the graph deduplicates the shared work itself.
-        if cache is not None and cache.active and not torch.compiler.is_compiling():
+        if cache is not None and cache.active:
             return cache.kernel(self)
-        return self.kernel_builder(self.weight, self.P, self.SIG)
+        # A group of one: on CUDA this is the fused build too.
+        return self.kernel_builder.shared_kernels([self.weight], self.P, self.SIG)[0]
 
     def train(self, mode: bool = True):
         self._cached_kernel = None
