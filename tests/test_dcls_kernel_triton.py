@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 
 # name: (layers, out channels, in/groups, taps, (D_h, D_w))
 CASES = {
@@ -138,3 +139,18 @@ def test_shared_kernels_falls_back_off_cuda():
     kernels = layers[0].kernel_builder.shared_kernels([m.weight for m in layers], layers[0].P, layers[0].SIG)
     for m, k in zip(layers, kernels):
         torch.testing.assert_close(k, m.kernel_builder(m.weight, m.P, m.SIG), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("capability", [80, 90])
+def test_fused_build_compiles_for_cuda(capability):
+    """The interpreter checks the arithmetic, not the lowering: compile both kernels to
+    CUDA binaries (Ampere and Hopper) with Triton's own toolchain, no GPU needed."""
+    from triton_compile import compile_for_cuda
+
+    from audio_dcls.ops import dcls_kernel_triton as fused
+
+    pointers = {"fwd": ("P", "S", "W", "OUT"), "bwd": ("P", "S", "W", "GRAD", "DP", "DS", "DW_")}
+    sizes = {"DH": 23, "DW": 23, "BK": 32, "BH": 32, "BW": 32}
+    for name, fn in (("fwd", fused._dcls_gauss_fwd), ("bwd", fused._dcls_gauss_bwd)):
+        signature = {p: "*fp32" for p in pointers[name]} | {"L": "i32", "C": "i32", "K": "i32"} | {k: "constexpr" for k in sizes}
+        compile_for_cuda(fn, signature, sizes, capability)

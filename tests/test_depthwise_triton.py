@@ -210,3 +210,29 @@ def test_use_fast_depthwise_on_a_bare_conv_and_candidates():
     assert is_fast_depthwise_candidate(nn.Conv2d(4, 4, 5, padding="same", groups=4))
     three = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4))
     assert type(use_fast_depthwise(three, min_kernel_size=3)[0]) is DepthwiseConv2d
+
+
+@pytest.mark.parametrize("dtype,kernel_size", [("bf16", 23), ("fp32", 7)])
+def test_kernels_compile_for_hopper(dtype, kernel_size):
+    """Every tile configuration the autotuner would try on a ConvNeXt-T stage-0 map, each
+    kernel compiled to a CUDA binary for sm_90 (the interpreter does not lower anything)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from triton_compile import compile_for_cuda
+
+    dt = depthwise_triton
+    k = kernel_size
+    shape = {"WO": 62, "W": 62, "KW": k, "KH": k}
+    fwd_ints = ["B", "C", "H", "W", "HO", "WO", "PH", "PW", "LX8", "XS8", "HAS_BIAS"]
+    for cfg in dt._prune_fwd(dt._FWD_CONFIGS, shape):
+        sig = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": f"*{dtype}"} | dict.fromkeys(fwd_ints, "i32")
+        consts = {"KH": k, "KW": k, "PRECISION": "tf32", "DOT_FP32": False, **cfg.kwargs}
+        compile_for_cuda(dt._dw_conv_kernel, sig | dict.fromkeys(consts, "constexpr"), consts, 90, cfg.num_warps, cfg.num_stages)
+    wgrad_ints = ["B", "C", "H", "W", "HO", "WO", "PH", "PW", "LX8", "XS8", "LG8", "GS8", "N_WT_SLOTS"]
+    for cfg in dt._prune_wgrad(dt._WGRAD_CONFIGS, shape):
+        sig = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "part_ptr": "*fp32"} | dict.fromkeys(wgrad_ints, "i32")
+        consts = {"KH": k, "KW": k, "PRECISION": "tf32", "DOT_FP32": False, **cfg.kwargs,
+                  "BLOCK_N": dt._band_block({"BLOCK_W": cfg.kwargs["BLOCK_W"], "KW": k, "W": 62})}
+        compile_for_cuda(dt._dw_conv_wgrad_kernel, sig | dict.fromkeys(consts, "constexpr"), consts, 90, cfg.num_warps, cfg.num_stages)
+    relayout_ints = ["C", "H", "W", "S", "LD", "s_b", "s_c", "s_h", "s_w", "d_b", "d_c", "d_h", "d_w"]
+    sig = {"src_ptr": "*fp32", "dst_ptr": f"*{dtype}"} | dict.fromkeys(relayout_ints, "i32") | {"BLOCK_C": "constexpr", "BLOCK_U": "constexpr"}
+    compile_for_cuda(dt._relayout_kernel, sig, {"BLOCK_C": 32, "BLOCK_U": 64}, 90)
