@@ -109,7 +109,7 @@ class _StopCache(_StartCache):
 
 
 def share_kernel_build(container: nn.Module, layers: Sequence[_DclsNd]) -> SharedKernelCache:
-    """Let ``layers`` (which share positions) reuse one set of tap profiles
+    """Let ``layers`` (which share positions) build their kernels together, once
     during each forward of ``container``, a module that runs all of them."""
     layers = list(layers)
     for layer in layers[1:]:
