@@ -20,9 +20,10 @@ measurement, so a cut-off run keeps what it measured). A global time budget
 (``--budget-s``, default 450 s) keeps the whole run under 8 minutes on one H100.
 
 Single GPU:  python benchmarks/bench_gpu.py --out runs/bench_gpu [--channels-last] [--oracle-wheel dcls-0.1.1-py3-none-any.whl]
-Diagnosis:   python benchmarks/bench_gpu.py --out runs/bench_gpu --models convnext_tiny --profile
+Diagnosis:   python benchmarks/bench_gpu.py --out runs/bench_gpu --models convnext_tiny --profile --ab-fused-build
              (per model column: host time to issue a training step vs device busy time,
-             operator and kernel-launch counts, the top operators on each side)
+             operator and kernel-launch counts, the top operators on each side; and the
+             DCLS model once more with the fused kernel build off)
 Layers only: python benchmarks/bench_gpu.py --out runs/bench_gpu --layers-only --check
              (--check: our kernels against F.conv2d on the stage shapes, and each pass timed alone)
 CPU smoke:   .venv/bin/python benchmarks/bench_gpu.py --device cpu --tiny --out /tmp/bench_gpu
@@ -360,7 +361,7 @@ def build_model(column: str, dsc: str, dcls: str, oracle):
         return timm.create_model(dsc, pretrained=False)
     if column == "ours_dsc":
         return use_fast_depthwise(timm.create_model(dsc, pretrained=False))
-    if column == "ours_dcls":
+    if column in ("ours_dcls", "ours_dcls_unfused"):
         return timm.create_model(dcls, pretrained=False)
     if column == "oracle_dcls":
         if oracle is None:
@@ -407,6 +408,23 @@ def bench_model(model: nn.Module, args, device, budget: Budget, train: bool = Tr
     sec, iters = timed(infer_step, device, target_s / 2, min_iters=args.min_iters, max_iters=200, warmup=args.warmup)
     out.update(infer_samples_per_s=args.batch / sec, infer_ms=1000 * sec, infer_iters=iters)
     return out
+
+
+@contextlib.contextmanager
+def _env(name: str, value: Optional[str]):
+    """Set (or, with None, leave) an environment variable for the duration of a block."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def profile_step(step: Callable[[], None], device, rows: int = 12) -> dict:
@@ -462,6 +480,7 @@ def bench_models(args, device, report: Report, budget: Budget) -> None:
         report.data["meta"]["oracle"] = f"skipped: {type(err).__name__}: {err}"
     else:
         report.data["meta"]["oracle"] = getattr(oracle, "__file__", "dcls")
+    columns = COLUMNS[:3] + ("ours_dcls_unfused",) + COLUMNS[3:] if args.ab_fused_build else COLUMNS
     families = TINY_FAMILIES if args.tiny else FAMILIES
     if args.models:
         families = {k: v for k, v in {**FAMILIES, **TINY_FAMILIES}.items() if k in args.models}
@@ -473,7 +492,7 @@ def bench_models(args, device, report: Report, budget: Budget) -> None:
             print(f"  {family}: {row['skipped']}", flush=True)
             report.save()
             continue
-        for column in COLUMNS:
+        for column in columns:
             if budget.left() < args.reserve_s:
                 row[column] = {"skipped": "time budget"}
                 continue
@@ -483,7 +502,9 @@ def bench_models(args, device, report: Report, budget: Budget) -> None:
                 model = build_model(column, dsc, dcls, oracle)
                 # On a CPU smoke run the reference layers take ~10 s per training step: time inference only.
                 train = not (args.tiny and device.type == "cpu" and column == "oracle_dcls")
-                row[column] = bench_model(model, args, device, budget, train=train)
+                # The A/B column: the same DCLS model with its kernels built by PyTorch ops.
+                with _env("AUDIO_DCLS_FUSED_BUILD", "0" if column == "ours_dcls_unfused" else None):
+                    row[column] = bench_model(model, args, device, budget, train=train)
             except LookupError as err:
                 row[column] = {"skipped": str(err)}
             except Exception as err:  # noqa: BLE001
@@ -502,7 +523,7 @@ def bench_models(args, device, report: Report, budget: Budget) -> None:
             report.save()
         base = row.get("stock_dsc", {})
         ratios = {}
-        for column in COLUMNS[1:]:
+        for column in columns[1:]:
             res = row.get(column, {})
             for mode in ("train", "infer"):
                 k = f"{mode}_samples_per_s"
@@ -554,6 +575,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="also profile one training step per model column (host vs device time, launch counts, top ops)")
     p.add_argument("--profile-rows", type=int, default=12, help="operators listed per side with --profile")
+    p.add_argument("--ab-fused-build", action="store_true",
+                   help="add the column ours_dcls_unfused: our DCLS model with the fused Triton kernel build turned off")
     p.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget of the whole run")
     p.add_argument("--reserve-s", type=float, default=None, help="stop starting measurements with less than this left")
     args = p.parse_args(argv)
@@ -642,7 +665,7 @@ def main(argv=None) -> int:
             print(f"  ConvNeXt-T depthwise layers fwd+bwd ({fmt_name}), {name} / stock 7x7: {totals[key]:.2f}")
     for family, ratios in report.data["ratios"].items():
         for key in ("ours_dcls_over_stock_dsc_train", "ours_dcls_over_stock_dsc_infer", "ours_dsc_over_stock_dsc_train",
-                    "oracle_dcls_over_stock_dsc_train"):
+                    "ours_dcls_unfused_over_stock_dsc_train", "oracle_dcls_over_stock_dsc_train"):
             if key in ratios:
                 print(f"  {family}: {key.replace('_over_', ' / ').replace('_', ' ')} = {ratios[key]:.2f}")
     fallbacks = report.data["triton"].get("fallbacks") if report.data["triton"] else None

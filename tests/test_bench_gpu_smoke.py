@@ -29,7 +29,7 @@ def smoke_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_gpu")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--tiny", "--profile", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--tiny", "--profile", "--ab-fused-build", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -39,7 +39,7 @@ def smoke_report(tmp_path_factory):
 def test_layer_table_and_ratios(smoke_report):
     report, stdout = smoke_report
     assert report["meta"]["tiny"] and report["meta"]["batch"] == 2
-    assert "reproduce: python benchmarks/bench_gpu.py --device cpu --tiny --profile --out" in stdout
+    assert "reproduce: python benchmarks/bench_gpu.py --device cpu --tiny --profile --ab-fused-build --out" in stdout
     assert list(report["layers"]) == ["nchw", "channels_last"]
     for layers in report["layers"].values():
         assert list(layers) == ["8@32x12", "16@16x6", "16@8x3", "32@4x1"]
@@ -56,7 +56,7 @@ def test_model_columns(smoke_report):
     row = report["models"].get("convnext_atto")
     if row is None or "skipped" in row:
         pytest.skip(f"tiny audio models not registered: {row}")
-    for column in ("stock_dsc", "ours_dsc", "ours_dcls"):
+    for column in ("stock_dsc", "ours_dsc", "ours_dcls", "ours_dcls_unfused"):  # the last: --ab-fused-build
         res = row[column]
         assert res.get("train_samples_per_s", 0) > 0 and res.get("infer_samples_per_s", 0) > 0, (column, res)
         prof = res["train_step_profile"]  # --profile: one step's host/device split and top operators
