@@ -652,9 +652,6 @@ def main(argv=None) -> int:
         tri = conv_ops._triton
         report.data["triton"] = {"tuned": tri.tuned_configs(), "wgrad_routes": tri.wgrad_routes(), "fallbacks": tri.fallback_events(),
                                  "autotuning": tuning_log}
-    from audio_dcls.layers.dcls_kernel import _FUSED_BUILD_FAILED
-
-    report.data["meta"]["fused_dcls_build_failures"] = list(_FUSED_BUILD_FAILED)
     report.data["meta"]["wall_s"] = time.monotonic() - t0
     report.save()
 

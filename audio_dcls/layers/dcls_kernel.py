@@ -26,14 +26,18 @@ Versions:
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
-import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+
+try:  # the fused build needs triton, which only CUDA builds of torch carry
+    from ..ops import dcls_kernel_triton as _fused
+    from ..ops.depthwise_triton import guarded as _guarded
+except ImportError:  # pragma: no cover - depends on the installed torch
+    _fused = None
 
 VERSIONS = ("gauss", "bilinear", "triangle")
 # Names the reference package uses for the same interpolations.
@@ -166,10 +170,6 @@ def build_dcls_kernel(
     return kernel_from_profiles(weight, profiles, inv_norm)
 
 
-# Why the fused build was given up, if it was (then the PyTorch build is used from there on).
-_FUSED_BUILD_FAILED: List[str] = []
-
-
 def _fused_gauss_applies(weights: Sequence[Tensor], positions: Tensor, sigma: Optional[Tensor], version: str) -> bool:
     """Whether ``shared_kernels`` takes the fused Triton build.
 
@@ -177,22 +177,11 @@ def _fused_gauss_applies(weights: Sequence[Tensor], positions: Tensor, sigma: Op
     device (CPU tensors need TRITON_INTERPRET=1: how the tests run it).
     """
     mode = os.environ.get("AUDIO_DCLS_FUSED_BUILD", "1")
-    if mode in ("", "0") or _FUSED_BUILD_FAILED:
+    if _fused is None or mode in ("", "0"):
         return False
     if version != "gauss" or sigma is None or positions.shape[0] != 2 or not (positions.is_cuda or mode == "force"):
         return False
-    if any(t.dtype != torch.float32 for t in (positions, sigma, *weights)):
-        return False
-    return _triton_available()
-
-
-@functools.lru_cache(maxsize=1)
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401 - CUDA builds of torch carry it
-    except ImportError:
-        return False
-    return True
+    return all(t.dtype == torch.float32 for t in (positions, sigma, *weights))
 
 
 class DclsKernel(nn.Module):
@@ -226,18 +215,20 @@ class DclsKernel(nn.Module):
         forward, one backward, for all the layers); elsewhere the shared profiles are
         computed once and each layer's weights applied to them.
         """
-        if _fused_gauss_applies(weights, positions, sigma, self.version):
-            from ..ops.dcls_kernel_triton import dcls_gauss_kernels
+        def torch_build() -> List[Tensor]:
+            profiles, inv_norm = self.profiles(positions, sigma, weights[0].dtype)
+            return [kernel_from_profiles(w, profiles, inv_norm) for w in weights]
 
-            try:
-                return list(dcls_gauss_kernels(torch.stack(list(weights)), positions, sigma, self.dilated_kernel_size).unbind(0))
-            except Exception as err:  # noqa: BLE001 - a Triton/GPU combination that cannot compile it
-                if os.environ.get("AUDIO_DCLS_TRITON_STRICT", "0") not in ("", "0"):
-                    raise
-                _FUSED_BUILD_FAILED.append(f"{type(err).__name__}: {err}")
-                warnings.warn(f"fused DCLS kernel build unavailable ({type(err).__name__}: {err}); using the PyTorch build", RuntimeWarning)
-        profiles, inv_norm = self.profiles(positions, sigma, weights[0].dtype)
-        return [kernel_from_profiles(w, profiles, inv_norm) for w in weights]
+        if not _fused_gauss_applies(weights, positions, sigma, self.version):
+            return torch_build()
+        # A shape whose kernel fails to compile falls back to the PyTorch build, with one
+        # warning, like the depthwise kernels (fallback_events(); AUDIO_DCLS_TRITON_STRICT=1 raises).
+        key = (len(weights), tuple(weights[0].shape), self.dilated_kernel_size)
+        return _guarded(
+            "dcls_build", key,
+            lambda: list(_fused.dcls_gauss_kernels(torch.stack(list(weights)), positions, sigma, self.dilated_kernel_size).unbind(0)),
+            torch_build,
+        )
 
     def extra_repr(self) -> str:
         return f"dilated_kernel_size={self.dilated_kernel_size}, version={self.version!r}"

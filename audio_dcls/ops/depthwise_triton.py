@@ -449,7 +449,7 @@ def relayout(src: Tensor, dst: Tensor, left: int = 0) -> Tensor:
         _relayout_kernel[grid](src, dst, c, h, w, width, left, *src.stride(), *dst.stride(), BLOCK_C=block_c, BLOCK_U=64)
         return dst
 
-    return _guarded("relayout", (src.dtype, dst.dtype, src.stride(1) == 1, dst.stride(1) == 1), triton_call, stock)
+    return guarded("relayout", (src.dtype, dst.dtype, src.stride(1) == 1, dst.stride(1) == 1), triton_call, stock)
 
 
 def pad_columns(t: Tensor, pad_left: int, dtype: torch.dtype) -> Padded:
@@ -577,7 +577,7 @@ def wgrad_routes() -> Dict[str, dict]:
     }
 
 
-def _guarded(kind: str, key: tuple, triton_call, stock_call):
+def guarded(kind: str, key: tuple, triton_call, stock_call):
     if (kind, key) in _FAILED:
         return stock_call()
     try:
@@ -612,7 +612,7 @@ def _weight_grad(xp: Padded, gp: Padded, kernel_size: Tuple[int, int], ph: int, 
         return weight_grad_fft_fp32(xp.image(), gp.image(), kernel_size, ph, pw)
 
     def triton_call():
-        return _guarded("wgrad", key, lambda: _weight_grad_padded(xp, gp, kernel_size, ph, pw), fft_call)
+        return guarded("wgrad", key, lambda: _weight_grad_padded(xp, gp, kernel_size, ph, pw), fft_call)
 
     route = os.environ.get("AUDIO_DCLS_DW_WGRAD", "auto")
     if route == "auto":
@@ -656,7 +656,7 @@ class DepthwiseConv2dTriton(torch.autograd.Function):
         ctx.x_channels_last = _is_channels_last(x)
         ctx.bias_dtype = None if bias is None else bias.dtype
         key = (tuple(x.shape), tuple(weight.shape[-2:]), ph, pw, dtype)
-        y = _guarded("fwd", key, lambda: _conv_forward_padded(xp, weight, bias, ph, pw),
+        y = guarded("fwd", key, lambda: _conv_forward_padded(xp, weight, bias, ph, pw),
                      lambda: _stock_conv(xp.image(), weight, bias, ph, pw))  # (B, C, HO, WO) NCHW
         return _in_format(y, ctx.x_channels_last, dtype)
 
@@ -673,7 +673,7 @@ class DepthwiseConv2dTriton(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             flipped = weight.flip((-2, -1)).contiguous()
             key = (tuple(grad_out.shape), (kh, kw), qh, qw, x_data.dtype)
-            grad_x = _guarded("dgrad", key, lambda: _conv_forward_padded(gp, flipped, None, qh, qw),
+            grad_x = guarded("dgrad", key, lambda: _conv_forward_padded(gp, flipped, None, qh, qw),
                               lambda: _stock_conv(gp.image(), flipped, None, qh, qw))  # (B, C, H, W) NCHW
             grad_x = _in_format(grad_x, ctx.x_channels_last, ctx.x_dtype)
         if ctx.needs_input_grad[1]:
