@@ -94,19 +94,22 @@ class DepthwiseConv2dCPU(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-def fast_path_applies(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> bool:
-    """Whether ``DepthwiseConv2dCPU`` computes this convolution."""
-    if x.device.type != "cpu" or x.dim() != 4:
-        return False
-    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1):
+def is_stride1_depthwise(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> bool:
+    """A stride-1, undilated, multiplier-1 depthwise 2-D convolution whose input gradient
+    (the same convolution with the flipped kernel) has a non-negative padding K − 1 − P:
+    the case both fast routes (CPU here, Triton on CUDA) compute."""
+    if x.dim() != 4 or weight.dim() != 4 or tuple(stride) != (1, 1) or tuple(dilation) != (1, 1):
         return False
     c = x.shape[1]
     if groups != c or weight.shape[0] != c or weight.shape[1] != 1:
         return False
-    kh, kw = weight.shape[-2:]
-    ph, pw = padding
-    # The input gradient needs a non-negative complementary padding.
-    return 0 <= ph <= kh - 1 and 0 <= pw <= kw - 1 and x.dtype in (torch.float32, torch.float64)
+    (kh, kw), (ph, pw) = weight.shape[-2:], padding
+    return 0 <= ph <= kh - 1 and 0 <= pw <= kw - 1
+
+
+def fast_path_applies(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> bool:
+    """Whether ``DepthwiseConv2dCPU`` computes this convolution."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and is_stride1_depthwise(x, weight, stride, padding, dilation, groups)
 
 
 def depthwise_conv2d_cpu(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: Tuple[int, int]) -> Tensor:

@@ -64,7 +64,7 @@ from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
-from .depthwise_cpu import weight_grad_fft
+from .depthwise_cpu import is_stride1_depthwise, weight_grad_fft
 
 log = logging.getLogger(__name__)
 
@@ -698,19 +698,12 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 def triton_path_applies(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> bool:
     """Whether ``depthwise_conv2d_triton`` computes ``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``."""
-    if not x.is_cuda or x.dim() != 4 or weight.dim() != 4 or weight.device != x.device:
-        return False
-    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1):
-        return False
-    c = x.shape[1]
-    if groups != c or weight.shape[0] != c or weight.shape[1] != 1:
+    if not x.is_cuda or weight.device != x.device or not is_stride1_depthwise(x, weight, stride, padding, dilation, groups):
         return False
     kh, kw = weight.shape[-2:]
     if not (1 <= kh <= MAX_KERNEL_SIZE and 1 <= kw <= MAX_KERNEL_SIZE) or kh * kw == 1:
         return False
     ph, pw = padding
-    if not (0 <= ph <= kh - 1 and 0 <= pw <= kw - 1):  # the input gradient needs K - 1 - P >= 0
-        return False
     if x.shape[0] == 0 or x.shape[2] + 2 * ph < kh or x.shape[3] + 2 * pw < kw:
         return False
     if _compute_dtype(x) not in _COMPUTE_DTYPES or not weight.is_floating_point():
