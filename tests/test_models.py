@@ -64,12 +64,8 @@ FULL_LAYER_SCALE = {
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine is shared: one intra-op thread avoids oversubscription.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _module_setup(one_thread):
     yield
-    torch.set_num_threads(previous)
     _pristine.cache_clear()  # free the built models for later test modules
 
 
