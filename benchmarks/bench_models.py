@@ -16,6 +16,12 @@ training column rebuilds the DCLS model from the reference ``dcls`` package's
 layers (same weights, same shared positions; checked to give the same
 outputs) — slow, so by default only for ConvNeXt-T.
 
+Below the table, one line per family times the depthwise convolutions alone
+at batch 1 (each on the input it got inside its prepared model): the DSC
+model's 7×7 and the DCLS model's folded 23×23. The two prepared models differ
+only there, so ``(b1 DSC + their difference) / b1 DSC`` is the batch-1 ratio
+that these convolutions alone imply, the floor for any work outside them.
+
 Commands:
     .venv/bin/python benchmarks/bench_models.py                     # every pair; oracle for ConvNeXt-T
     .venv/bin/python benchmarks/bench_models.py --models convnext_tiny --repeats 7
@@ -126,6 +132,37 @@ def _check_twin(model, twin) -> float:
         return (model.eval()(x) - twin.eval()(x)).abs().max().item()
 
 
+def _depthwise_calls(model: torch.nn.Module) -> Dict[str, Tuple[torch.nn.Module, torch.Tensor]]:
+    """Each depthwise ``nn.Conv2d`` of ``model`` with the input it gets in one batch-1 forward."""
+    calls, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels == m.out_channels > 1:
+            hooks.append(m.register_forward_pre_hook(lambda mod, inp, name=name: calls.__setitem__(name, (mod, inp[0].clone()))))
+    try:
+        _infer_fn(model, 1)()
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _depthwise_only(dsc: torch.nn.Module, dcls: torch.nn.Module, repeats: int) -> Dict[str, float]:
+    """Seconds of the convs that differ between the prepared twins (same name, other kernel size)."""
+    a, b = _depthwise_calls(dsc), _depthwise_calls(dcls)
+    names = [n for n in b if n in a and a[n][0].kernel_size != b[n][0].kernel_size]
+
+    def run(calls):
+        def fn():
+            with torch.inference_mode():
+                for n in names:
+                    mod, x = calls[n]
+                    mod(x)
+        return fn
+
+    best = _best_interleaved({"dsc": run(a), "dcls": run(b)}, repeats, warmup=2)
+    return {"dw_convs": len(names), "dw_b1_dsc": best["dsc"], "dw_b1_dcls": best["dcls"]}
+
+
 def bench_pair(dsc_name: str, dcls_name: str, args) -> Dict[str, float]:
     torch.manual_seed(0)
     dsc, dcls = timm.create_model(dsc_name), timm.create_model(dcls_name)
@@ -146,6 +183,7 @@ def bench_pair(dsc_name: str, dcls_name: str, args) -> Dict[str, float]:
     for batch, reps in ((1, args.repeats * 4), (8, args.repeats)):
         inf = _best_interleaved({"dsc": _infer_fn(dsc, batch), "dcls": _infer_fn(dcls, batch)}, reps, warmup=2)
         row[f"infer_b{batch}_dsc"], row[f"infer_b{batch}_dcls"] = inf["dsc"], inf["dcls"]
+    row.update(_depthwise_only(dsc, dcls, args.repeats * 4))
     return row
 
 
@@ -219,6 +257,11 @@ def main(argv=None) -> int:
     if results:
         print()
         print(_fmt_table(results))
+        for family, r in results:
+            extra = r["dw_b1_dcls"] - r["dw_b1_dsc"]
+            print(f"# {family} batch 1: its {r['dw_convs']} depthwise convs alone take {r['dw_b1_dsc'] * 1e3:.1f} ms (DSC) "
+                  f"and {r['dw_b1_dcls'] * 1e3:.1f} ms (DCLS), so they imply a b1 ratio of "
+                  f"{(r['infer_b1_dsc'] + extra) / r['infer_b1_dsc']:.2f} (measured {r['infer_b1_dcls'] / r['infer_b1_dsc']:.2f})")
         for family, r in results:
             if family in TARGETS:
                 t = TARGETS[family]

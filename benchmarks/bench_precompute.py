@@ -17,6 +17,10 @@ it used: clips/s per core = clips / CPU seconds, best of --repeats rounds (as ti
 does: the fastest round is the one least disturbed by other jobs). The two sides
 alternate round by round; each round's own ratio is printed too, and wall-clock rates
 (on an idle machine CPU and wall agree).
+A last table splits one clip's CPU time into its steps (best of --repeats passes
+over 16 files, the steps interleaved): the baseline's load and front end, and our
+decoding, resampling and front end, with the ceiling that our decoding and
+resampling alone put on the ratio.
 Targets (issue 4): ours >= 1.5x the baseline and >= 30 clips/s per core.
 
     python benchmarks/bench_precompute.py [--clips 96] [--repeats 5] [--workers 2]
@@ -110,6 +114,46 @@ def run_ours(csv_path: Path, audio_dir: Path, workers: int) -> tuple[float, floa
     return elapsed
 
 
+def stage_times(files: list[Path], repeats: int) -> dict[str, float]:
+    """Best CPU seconds per clip of each step, both sides' front ends on the same audio."""
+    import librosa
+    import torch
+
+    from audio_dcls.audio import load_audio_with_rate, resample
+    from audio_dcls.features import LogMel, LogMelConfig
+
+    c = LogMelConfig()
+    front_end = LogMel(c).eval()
+    decoded = [load_audio_with_rate(f) for f in files]
+    audio = [resample(y, rate, c.sample_rate) for y, rate in decoded]
+
+    def librosa_mel(y):
+        mel = librosa.feature.melspectrogram(
+            y=y, sr=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
+            n_mels=c.n_mels, fmin=c.f_min, fmax=c.f_max, htk=True, norm=None, power=2.0,
+        )
+        return (librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None) - c.mean) / c.std
+
+    def ours_mel(y):
+        with torch.inference_mode():
+            return front_end(torch.from_numpy(y))
+
+    steps = {
+        "baseline: librosa.load(sr=32000)": lambda: [librosa.load(f, sr=c.sample_rate) for f in files],
+        "baseline: melspectrogram + dB": lambda: [librosa_mel(y) for y in audio],
+        "ours: decode + channel mix (libsndfile)": lambda: [load_audio_with_rate(f) for f in files],
+        "ours: resample 44.1 -> 32 kHz (soxr HQ)": lambda: [resample(y, rate, c.sample_rate) for y, rate in decoded],
+        "ours: front end (LogMel)": lambda: [ours_mel(y) for y in audio],
+    }
+    best = {k: float("inf") for k in steps}
+    for _ in range(repeats):  # interleaved, like the whole-ingest rounds
+        for k, fn in steps.items():
+            t0 = time.process_time()
+            fn()
+            best[k] = min(best[k], (time.process_time() - t0) / len(files))
+    return best
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=96, help="FLAC files to process (default %(default)s)")
@@ -147,6 +191,14 @@ def main() -> int:
     print(f"each round's ratio (CPU): {', '.join(f'{b[1] / o[1]:.2f}' for b, o in zip(base, ours))}  (median {np.median([b[1] / o[1] for b, o in zip(base, ours)]):.2f})")
     print(f"ratio ours/baseline (best rounds): {ratio:.2f}x per core, {wall_ratio:.2f}x wall  (target >= {TARGET_RATIO}x: {'PASS' if ratio >= TARGET_RATIO else 'FAIL'})")
     print(f"ours per core: {ours_rate:.1f} clips/s  (target >= {TARGET_CLIPS_PER_S_PER_CORE:g}: {'PASS' if ours_rate >= TARGET_CLIPS_PER_S_PER_CORE else 'FAIL'})")
+    steps = stage_times(files[:16], args.repeats)
+    print("one clip's CPU time by step, ms (best of %d passes over 16 files):" % args.repeats)
+    for k, v in steps.items():
+        print(f"  {k:42s} {v * 1e3:6.1f}")
+    audio_in = steps["ours: decode + channel mix (libsndfile)"] + steps["ours: resample 44.1 -> 32 kHz (soxr HQ)"]
+    baseline = steps["baseline: librosa.load(sr=32000)"] + steps["baseline: melspectrogram + dB"]
+    print(f"  a free front end and store would make ours {baseline / audio_in:.2f}x the baseline at most "
+          f"(these steps give {baseline / (audio_in + steps['ours: front end (LogMel)']):.2f}x before the store's own work)")
     if args.workers > 1:
         t = min(run_ours(csv_path, audio_dir, args.workers)[0] for _ in range(args.repeats))
         print(f"ours with {args.workers} workers: {n / t:.1f} clips/s wall ({n / t / (n / ours_wall):.2f}x one worker's wall rate; {os.cpu_count()} cores here)")

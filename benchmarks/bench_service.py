@@ -20,6 +20,12 @@ Single GPU::
 
     .venv/bin/python benchmarks/bench_service.py --device cuda --threads 4 --max-batch-size 32
 
+Last, with both servers stopped, the run times what the inference worker
+itself computes (front end + prepared model, no HTTP) at batch 1 and at the
+mean batch size the batching server ran at 16 clients (or at its busiest
+level), in this process with the same threads: the per-clip gain between the
+two bounds what batching can win end to end.
+
 Targets: batching at 16 clients >= 2x the throughput of max_batch_size=1, and
 its p99 <= 2x its p50.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import shlex
 import signal
@@ -59,6 +66,32 @@ def build_release(root: Path, arch: str) -> Path:
     model = timm.create_model(arch)
     save_release(root / arch.replace("_", "-"), model, arch, {"num_classes": len(vocab)}, LogMelConfig(), list(zip(vocab.mids, vocab.display_names)), "audioset-527", {"note": "random weights, for benchmarking"})
     return root
+
+
+def worker_batch_gain(models_dir: Path, batch: int, threads: int, device: str, clip_seconds: float, repeats: int = 5) -> tuple[float, float]:
+    """Best seconds per clip of the worker's computation at batch 1 and at ``batch``."""
+    import torch
+
+    from audio_dcls.checkpoint import load_release
+    from audio_dcls.features import LogMel
+    from audio_dcls.models import prepare_for_inference
+    from service.registry import Tagger, find_release_folders
+
+    torch.set_num_threads(threads)
+    release = load_release(find_release_folders(models_dir)[0], device=torch.device(device))
+    tagger = Tagger(LogMel(release.frontend).to(device).eval(), prepare_for_inference(release.model)).eval()
+    samples = int(clip_seconds * release.frontend.sample_rate)
+    inputs = {b: torch.randn(b, samples, device=device) * 0.1 for b in (1, batch)}
+    best = {b: float("inf") for b in inputs}
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first round warms up
+            for b, x in inputs.items():
+                t0 = time.perf_counter()
+                tagger(x)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                best[b] = min(best[b], (time.perf_counter() - t0) / b)
+    return best[1], best[batch]
 
 
 def free_port() -> int:
@@ -212,6 +245,10 @@ def main(argv=None) -> int:
         batched = run_mode("batching", models_dir, dict(common, MAX_BATCH_SIZE=args.max_batch_size, MAX_WAIT_MS=args.max_wait_ms), clip, levels, args.seconds, args.warmup, headers)
         single = run_mode("batch=1", models_dir, dict(common, MAX_BATCH_SIZE=1, MAX_WAIT_MS=0), clip, levels, args.seconds, args.warmup, headers)
         load_after = os.getloadavg()
+        busiest = next((b for b in batched if b["clients"] == 16), batched[-1])
+        seen_batch = args.max_batch_size if math.isnan(busiest["mean_batch"]) else busiest["mean_batch"]
+        seen_batch = min(max(int(round(seen_batch)), 2), args.max_batch_size)
+        worker_b1, worker_bn = worker_batch_gain(Path(models_dir), seen_batch, args.threads, args.device, args.clip_seconds)
 
     print()
     print(f"{'clients':>8} | {'batching req/s':>14} {'p50 ms':>8} {'p99 ms':>8} | {'batch=1 req/s':>13} {'p50 ms':>8} {'p99 ms':>8} | {'speed-up':>8}")
@@ -223,6 +260,8 @@ def main(argv=None) -> int:
         b, s = at16
         print(f"\nat 16 clients: batching {b['rps']:.2f} req/s vs max_batch_size=1 {s['rps']:.2f} req/s -> {b['rps'] / s['rps']:.2f}x (target >= 2x); "
               f"batching p99/p50 = {b['p99'] / b['p50']:.2f} (target <= 2)")
+    print(f"the worker's own computation (front end + model, no HTTP), per clip: {worker_b1 * 1000:.1f} ms at batch 1, "
+          f"{worker_bn * 1000:.1f} ms at batch {seen_batch} (the mean batch at {busiest['clients']} clients) -> batching can win at most about {worker_b1 / worker_bn:.2f}x here")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (other processes on this machine share its cores)")
     print("reproduce: " + " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/bench_service.py", *(argv if argv is not None else sys.argv[1:])]))
     return 0
