@@ -3,7 +3,9 @@
 CPU (the small recipe of the embedded mini-AudioSet, on the stores ``make train-audioset`` builds)::
 
     python -m pipelines.train -c configs/cpu_mini.yaml
-    python -m pipelines.train -c configs/cpu_mini.yaml train=[data/stores/mini_train] eval=data/stores/mini_eval seed=1
+    python -m pipelines.train -c configs/cpu_mini.yaml seed=1
+    # on stores you built yourself (see pipelines.make_mini_audioset):
+    python -m pipelines.train -c configs/cpu_mini.yaml train=[data/stores/mini_train] eval=data/stores/mini_eval
 
 One GPU (gradient accumulation reaches the recipe's effective batch of 4096)::
 
