@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-pytest.importorskip("triton")
+import triton  # noqa: E402,F401 - torch's Linux wheels carry it; these tests must run, not skip
 
 from audio_dcls.layers.depthwise_conv import DepthwiseConv2d, is_fast_depthwise_candidate, use_fast_depthwise  # noqa: E402
 from audio_dcls.ops import conv2d  # noqa: E402
@@ -46,14 +46,14 @@ CASES = {
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}
 
 CHECK_SCRIPT = r"""
-import json, os, sys
+import json, sys
 import torch, torch.nn.functional as F
 torch.set_num_threads(1)
-from audio_dcls.ops import depthwise_triton as dt
-assert dt.INTERPRET
+from audio_dcls.ops import config, depthwise_triton as dt
+assert dt.INTERPRET and config.strict()  # both read from the environment at import
 cases, small_tiles = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 results = {}
-for name, (shape, ksize, padding, dtype, channels_last, use_bias, opts) in cases.items():
+def run_case(shape, ksize, padding, dtype, channels_last, use_bias, opts):
     torch.manual_seed(0)
     dtype = getattr(torch, dtype)
     b, c, h, w = shape
@@ -64,9 +64,6 @@ for name, (shape, ksize, padding, dtype, channels_last, use_bias, opts) in cases
     x.requires_grad_()
     weight = torch.randn(c, 1, *ksize).div(ksize[0]).to(dtype).requires_grad_()
     bias = torch.randn(c).to(dtype).requires_grad_() if use_bias else None
-    for kind in ("fwd", "wgrad"):
-        dt.force_config(kind, small_tiles[kind] if opts.get("tiles") else None)
-    os.environ["AUDIO_DCLS_DW_WGRAD"] = opts.get("wgrad", "auto")
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         y = dt.depthwise_conv2d_triton(x, weight, bias, padding)
     grad_y = torch.randn(y.shape).to(y.dtype)
@@ -86,7 +83,7 @@ for name, (shape, ksize, padding, dtype, channels_last, use_bias, opts) in cases
     def err(a, r):
         return (a.double() - r).abs().max().item() / max(r.abs().max().item(), 1e-12)
     names = ["y", "grad_x", "grad_w", "grad_b"][: 1 + len(inputs)]
-    results[name] = {
+    return {
         "errors": dict(zip(names, [err(y, y_ref)] + [err(g, r) for g, r in zip(grads, ref_grads)])),
         "y_dtype": str(y.dtype).replace("torch.", ""),
         "grad_dtypes": [str(g.dtype).replace("torch.", "") for g in grads],
@@ -97,6 +94,14 @@ for name, (shape, ksize, padding, dtype, channels_last, use_bias, opts) in cases
         "repeat_diff": repeat_diff,
         "ref_shape": list(y_ref.shape),
     }
+for name, (shape, ksize, padding, dtype, channels_last, use_bias, opts) in cases.items():
+    tiles = {f"{kind}_tiles": small_tiles[kind] if opts.get("tiles") else None for kind in ("fwd", "wgrad")}
+    before = config.route_counts()
+    with config.override(wgrad=opts.get("wgrad", "auto"), **tiles):
+        results[name] = run_case(shape, ksize, padding, dtype, channels_last, use_bias, opts)
+    after = config.route_counts()
+    results[name]["routes_run"] = {k: after[k] - before[k] for k in ("wgrad_triton", "wgrad_fft")}
+results["fallbacks"] = config.fallback_events()
 print("RESULTS " + json.dumps(results))
 """
 
@@ -128,6 +133,14 @@ def test_kernels_match_conv2d(interpreter_results, name):
     assert res["grad_x_channels_last"] == channels_last  # the input gradient keeps the input's layout
     if opts.get("repeat"):
         assert res["repeat_diff"] == 0.0  # deterministic, and the direct launch matches the tuned one
+    # The weight gradient ran by the route asked for, once per backward (under auto on the CPU: Triton).
+    route = opts.get("wgrad", "triton")
+    calls = 2 if opts.get("repeat") else 1
+    assert res["routes_run"] == {f"wgrad_{r}": calls if r == route else 0 for r in ("triton", "fft")}, res["routes_run"]
+
+
+def test_no_kernel_fell_back(interpreter_results):
+    assert interpreter_results["fallbacks"] == []  # strict mode raises anyway; nothing was recorded either
 
 
 def test_triton_route_never_taken_on_cpu():
@@ -223,15 +236,16 @@ def test_kernels_compile_for_hopper(dtype, kernel_size):
     k = kernel_size
     shape = {"WO": 62, "W": 62, "KW": k, "KH": k}
     fwd_ints = ["B", "C", "H", "W", "HO", "WO", "PH", "PW", "LX8", "XS8", "HAS_BIAS"]
-    for cfg in dt._prune_fwd(dt._FWD_CONFIGS, shape):
+    assert len(dt.tile_candidates("fwd", shape)) >= 4 and len(dt.tile_candidates("wgrad", shape)) >= 3  # the whole search space
+    for cfg in dt.tile_candidates("fwd", shape):
         sig = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": f"*{dtype}"} | dict.fromkeys(fwd_ints, "i32")
         consts = {"KH": k, "KW": k, "PRECISION": "tf32", "DOT_FP32": False, **cfg.kwargs}
         compile_for_cuda(dt._dw_conv_kernel, sig | dict.fromkeys(consts, "constexpr"), consts, 90, cfg.num_warps, cfg.num_stages)
     wgrad_ints = ["B", "C", "H", "W", "HO", "WO", "PH", "PW", "LX8", "XS8", "LG8", "GS8", "N_WT_SLOTS"]
-    for cfg in dt._prune_wgrad(dt._WGRAD_CONFIGS, shape):
+    for cfg in dt.tile_candidates("wgrad", shape):
         sig = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "part_ptr": "*fp32"} | dict.fromkeys(wgrad_ints, "i32")
         consts = {"KH": k, "KW": k, "PRECISION": "tf32", "DOT_FP32": False, **cfg.kwargs,
-                  "BLOCK_N": dt._band_block({"BLOCK_W": cfg.kwargs["BLOCK_W"], "KW": k, "W": 62})}
+                  "BLOCK_N": dt.band_block({"BLOCK_W": cfg.kwargs["BLOCK_W"], "KW": k, "W": 62})}
         compile_for_cuda(dt._dw_conv_wgrad_kernel, sig | dict.fromkeys(consts, "constexpr"), consts, 90, cfg.num_warps, cfg.num_stages)
     relayout_ints = ["C", "H", "W", "S", "LD", "s_b", "s_c", "s_h", "s_w", "d_b", "d_c", "d_h", "d_w"]
     sig = {"src_ptr": "*fp32", "dst_ptr": f"*{dtype}"} | dict.fromkeys(relayout_ints, "i32") | {"BLOCK_C": "constexpr", "BLOCK_U": "constexpr"}

@@ -27,15 +27,15 @@ Versions:
 from __future__ import annotations
 
 import math
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ..ops import config as ops_config
+
 try:  # the fused build needs triton, which only CUDA builds of torch carry
     from ..ops import dcls_kernel_triton as _fused
-    from ..ops.depthwise_triton import guarded as _guarded
 except ImportError:  # pragma: no cover - depends on the installed torch
     _fused = None
 
@@ -173,11 +173,12 @@ def build_dcls_kernel(
 def _fused_gauss_applies(weights: Sequence[Tensor], positions: Tensor, sigma: Optional[Tensor], version: str) -> bool:
     """Whether ``shared_kernels`` takes the fused Triton build.
 
-    AUDIO_DCLS_FUSED_BUILD: 1 (default) on CUDA tensors, 0 never, ``force`` on any
-    device (CPU tensors need TRITON_INTERPRET=1: how the tests run it).
+    The ``fused_build`` setting of ``ops.config`` (AUDIO_DCLS_FUSED_BUILD): on
+    (default) for CUDA tensors, off never, ``force`` on any device (CPU tensors
+    need TRITON_INTERPRET=1: how the tests run it).
     """
-    mode = os.environ.get("AUDIO_DCLS_FUSED_BUILD", "1")
-    if _fused is None or mode in ("", "0"):
+    mode = ops_config.fused_build()
+    if _fused is None or mode == "off":
         return False
     if version != "gauss" or sigma is None or positions.shape[0] != 2 or not (positions.is_cuda or mode == "force"):
         return False
@@ -222,9 +223,9 @@ class DclsKernel(nn.Module):
         if not _fused_gauss_applies(weights, positions, sigma, self.version):
             return torch_build()
         # A shape whose kernel fails to compile falls back to the PyTorch build, with one
-        # warning, like the depthwise kernels (fallback_events(); AUDIO_DCLS_TRITON_STRICT=1 raises).
+        # warning, like the depthwise kernels (ops.config.fallback_events(); strict mode raises).
         key = (len(weights), tuple(weights[0].shape), self.dilated_kernel_size)
-        return _guarded(
+        return ops_config.guarded(
             "dcls_build", key,
             lambda: list(_fused.dcls_gauss_kernels(torch.stack(list(weights)), positions, sigma, self.dilated_kernel_size).unbind(0)),
             torch_build,

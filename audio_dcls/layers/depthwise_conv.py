@@ -17,12 +17,9 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
-from ..ops import conv as _conv
-
-_triton = _conv._triton  # None where torch has no Triton (CPU wheels)
+from ..ops.conv import HAS_TRITON, depthwise_triton, fast_routes_allowed
 
 
 def _resolved_padding(conv: nn.Conv2d) -> Optional[Tuple[int, int]]:
@@ -71,21 +68,19 @@ class DepthwiseConv2d(nn.Conv2d):
         return new
 
     def _triton_padding(self, x: Tensor) -> Optional[Tuple[int, int]]:
-        if _triton is None or not x.is_cuda or not _conv._FAST_DEPTHWISE or self.padding_mode != "zeros":
-            return None
-        if torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        if not HAS_TRITON or not x.is_cuda or self.padding_mode != "zeros" or not fast_routes_allowed():
             return None
         padding = _resolved_padding(self)
         if padding is None:
             return None
-        if not _triton.triton_path_applies(x, self.weight, self.stride, padding, self.dilation, self.groups):
+        if not depthwise_triton.triton_path_applies(x, self.weight, self.stride, padding, self.dilation, self.groups):
             return None
         return padding
 
     def forward(self, x: Tensor) -> Tensor:
         padding = self._triton_padding(x)
         if padding is not None:
-            return _triton.depthwise_conv2d_triton(x, self.weight, self.bias, padding)  # (B, C, H', W')
+            return depthwise_triton.depthwise_conv2d_triton(x, self.weight, self.bias, padding)  # (B, C, H', W')
         return super().forward(x)
 
 

@@ -26,8 +26,8 @@ stacked, r = b·HO + y.
   split of the rows go to a buffer that is summed once, so the result is
   deterministic (no atomics).
 * an FFT weight gradient (``depthwise_cpu.weight_grad_fft``, in fp32) is timed
-  against the Triton one the first time a shape is seen and the faster kept
-  (``AUDIO_DCLS_DW_WGRAD=auto|triton|fft``).
+  against the Triton one the first time a shape is seen on CUDA and the faster
+  kept and recorded (``wgrad`` in ``ops.config``: auto | triton | fft).
 
 Inputs may be fp32, fp16 or bf16 (fp32 accumulation; fp32 products follow
 ``torch.backends.cudnn.allow_tf32`` like stock convolutions: tf32, else
@@ -40,21 +40,22 @@ back into the input's memory format, so channels_last activations (which
 timm's ConvNeXt blocks produce even in an NCHW model) cost one coalesced
 pass each way.
 
-Tile shapes are autotuned per layer shape. A kernel that fails to compile on
-an unusual GPU/Triton combination falls back, with one warning, to the stock
-operation for that shape (``fallback_events()`` lists them);
-``AUDIO_DCLS_TRITON_STRICT=1`` raises instead. With ``TRITON_INTERPRET=1``
-(set before this module is imported) the kernels run on CPU tensors in
-Triton's interpreter, which is how they are tested without a GPU.
+Tile shapes are autotuned per layer shape. The autotuned tiles and the timed
+weight-gradient routes are recorded in ``ops.config`` (``routes_state()``), so
+a resumed run replays the first run's choices; pinned tiles and a fixed route
+are settings there too. A kernel that fails to compile on an unusual
+GPU/Triton combination falls back, with one warning, to the stock operation
+for that shape (``ops.config.fallback_events()`` lists them; strict mode
+raises instead). With ``TRITON_INTERPRET=1`` (set before this module is
+imported) the kernels run on CPU tensors in Triton's interpreter, which is
+how they are tested without a GPU.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
-import os
-import warnings
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,11 +65,14 @@ from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
+from . import config
 from .depthwise_cpu import is_stride1_depthwise, weight_grad_fft
 
 log = logging.getLogger(__name__)
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Triton turns its interpreter on or off when the kernels below are decorated,
+# so for this module the setting is fixed at import.
+INTERPRET = config.interpret()
 # The interpreter multiplies bf16 operands of tl.dot as their raw 16-bit
 # patterns; under it the kernels upcast dot operands to fp32 (DOT_FP32), which
 # gives the same products as bf16 tensor cores with fp32 accumulation.
@@ -286,29 +290,6 @@ _WGRAD_CONFIGS = [
     _cfg(8, 3, BLOCK_R=64, BLOCK_W=64, I_BLOCK=2),
     _cfg(4, 3, BLOCK_R=64, BLOCK_W=16, I_BLOCK=4),
 ]
-# Tests pin one configuration: {"fwd": {...}, "wgrad": {...}} of kwargs + num_warps/num_stages.
-_FORCED: Dict[str, Optional[triton.Config]] = {"fwd": None, "wgrad": None}
-
-
-def force_config(kind: str, config: Optional[dict]) -> None:
-    """Pin the tile shape of ``kind`` ("fwd" or "wgrad") instead of autotuning (tests, debugging)."""
-    if config is None:
-        _FORCED[kind] = None
-        _forget_tuning()
-        return
-    config = dict(config)
-    warps, stages = config.pop("num_warps", 4), config.pop("num_stages", 3)
-    _FORCED[kind] = _cfg(warps, stages, **config)
-    _forget_tuning()
-
-
-def _forget_tuning() -> None:
-    for tuned in (_dw_conv_fwd_tuned, _dw_conv_wgrad_tuned):
-        tuned.cache.clear()
-    for launcher in (_launch_fwd, _launch_wgrad):
-        launcher.chosen.clear()
-
-
 def _dedupe(configs: List[triton.Config]) -> List[triton.Config]:
     seen, out = set(), []
     for cfg in configs:
@@ -319,35 +300,47 @@ def _dedupe(configs: List[triton.Config]) -> List[triton.Config]:
     return out
 
 
-def _prune_fwd(configs, named_args, **kwargs):
-    if _FORCED["fwd"] is not None:
-        return [_FORCED["fwd"]]
+def _clamp_fwd(cfg: triton.Config, named_args) -> triton.Config:
+    """Tiles no larger than the shape needs: output columns, stored columns one tile reaches, kernel rows."""
     wo, w, kw = named_args["WO"], named_args["W"], named_args["KW"]
-    out = []
-    for cfg in configs:
-        bw = min(cfg.kwargs["BLOCK_W"], _pow2_at_least(wo))
-        bk = min(cfg.kwargs["BLOCK_K"], _pow2_at_least(min(bw + kw + 6, w)))
-        ib = min(cfg.kwargs["I_BLOCK"], _pow2_at_least(named_args["KH"], 1))
-        out.append(_cfg(cfg.num_warps, cfg.num_stages, BLOCK_R=cfg.kwargs["BLOCK_R"], BLOCK_W=bw, BLOCK_K=bk, I_BLOCK=ib))
-    out = _dedupe(out)
+    bw = min(cfg.kwargs["BLOCK_W"], _pow2_at_least(wo))
+    bk = min(cfg.kwargs["BLOCK_K"], _pow2_at_least(min(bw + kw + 6, w)))
+    ib = min(cfg.kwargs["I_BLOCK"], _pow2_at_least(named_args["KH"], 1))
+    return _cfg(cfg.num_warps, cfg.num_stages, BLOCK_R=cfg.kwargs["BLOCK_R"], BLOCK_W=bw, BLOCK_K=bk, I_BLOCK=ib)
+
+
+def _clamp_wgrad(cfg: triton.Config, named_args) -> triton.Config:
+    kw_ = dict(cfg.kwargs)
+    kw_["BLOCK_W"] = min(kw_["BLOCK_W"], _pow2_at_least(named_args["WO"]))
+    kw_["I_BLOCK"] = min(kw_["I_BLOCK"], _pow2_at_least(named_args["KH"], 1))
+    return _cfg(cfg.num_warps, cfg.num_stages, **kw_)
+
+
+def tile_candidates(kind: str, named_args) -> List[triton.Config]:
+    """The tile configs the autotuner tries for ``kind`` ("fwd" or "wgrad") on a shape.
+
+    ``named_args`` needs WO, W, KW, KH (the kernel's arguments of those names).
+    The tests compile each of them for sm_90 without a GPU (tests/triton_compile.py).
+    """
+    if kind == "fwd":
+        return _dedupe([_clamp_fwd(cfg, named_args) for cfg in _FWD_CONFIGS])
+    if kind == "wgrad":
+        return _dedupe([_clamp_wgrad(cfg, named_args) for cfg in _WGRAD_CONFIGS])
+    raise ValueError(f"unknown kernel kind {kind!r}; expected 'fwd' or 'wgrad'")
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    # The interpreter runs every candidate alike: tuning there only costs time.
+    out = tile_candidates("fwd", named_args)
     return out[:1] if INTERPRET else out
 
 
 def _prune_wgrad(configs, named_args, **kwargs):
-    if _FORCED["wgrad"] is not None:
-        return [_FORCED["wgrad"]]
-    wo = named_args["WO"]
-    out = []
-    for cfg in configs:
-        kw_ = dict(cfg.kwargs)
-        kw_["BLOCK_W"] = min(kw_["BLOCK_W"], _pow2_at_least(wo))
-        kw_["I_BLOCK"] = min(kw_["I_BLOCK"], _pow2_at_least(named_args["KH"], 1))
-        out.append(_cfg(cfg.num_warps, cfg.num_stages, **kw_))
-    out = _dedupe(out)
+    out = tile_candidates("wgrad", named_args)
     return out[:1] if INTERPRET else out
 
 
-def _band_block(args) -> int:
+def band_block(args) -> int:
     """Stored columns one weight-gradient tile needs: BLOCK_W + KW − 1 from an aligned start, or the whole row."""
     return _pow2_at_least(min(args["BLOCK_W"] + args["KW"] + 6, args["W"]))
 
@@ -365,43 +358,37 @@ def _autotune(configs, key, prune, reset_to_zero=None):
 _TUNE_KEY = ["B", "C", "H", "W", "HO", "WO", "KH", "KW"]
 _dw_conv_fwd_tuned = _autotune(_FWD_CONFIGS, _TUNE_KEY, _prune_fwd)(_dw_conv_kernel)
 _dw_conv_wgrad_tuned = _autotune(_WGRAD_CONFIGS, _TUNE_KEY, _prune_wgrad, reset_to_zero=["part_ptr"])(
-    triton.heuristics({"BLOCK_N": _band_block})(_dw_conv_wgrad_kernel)
+    triton.heuristics({"BLOCK_N": band_block})(_dw_conv_wgrad_kernel)
 )
 
 
 class _Launcher:
-    """Autotunes a shape on its first call, then launches the chosen config straight away.
+    """Launches a kernel with its pinned tile config, else the one recorded for the shape, else autotunes and records.
 
     The autotuner and heuristics wrappers cost tens of microseconds of Python
-    per launch; three launches per layer and step add up in a whole model.
+    per launch (three launches per layer and step add up in a whole model), so
+    a known config goes to the kernel straight away. The record lives in
+    ``ops.config``: a resumed run loads it and launches the first run's tiles.
     """
 
-    def __init__(self, tuned):
+    def __init__(self, kind: str, tuned):
+        self.kind = kind  # "fwd" or "wgrad", the switchboard's name for the kernel
         self.tuned = tuned
         self.direct = tuned.fn  # the heuristics wrapper or the kernel itself
-        self.chosen: Dict[tuple, dict] = {}
 
     def __call__(self, key: tuple, grid, *args) -> None:
-        meta = self.chosen.get(key)
+        meta = config.forced_tiles(self.kind) or config.routes().tiles(self.kind, key)
         if meta is not None:
             self.direct[grid](*args, **meta)
             return
         self.tuned[grid](*args)
         best = getattr(self.tuned, "best_config", None)
         if best is not None and hasattr(best, "all_kwargs"):
-            self.chosen[key] = best.all_kwargs()
+            config.routes().record_tiles(self.kind, key, best.all_kwargs())
 
 
-_launch_fwd = _Launcher(_dw_conv_fwd_tuned)
-_launch_wgrad = _Launcher(_dw_conv_wgrad_tuned)
-
-
-def tuned_configs() -> Dict[str, Dict[str, str]]:
-    """The autotuner's choices so far, {kernel: {shape key: config}} (benchmarks, reports)."""
-    return {
-        name: {str(k): str(v) for k, v in tuned.cache.items()}
-        for name, tuned in (("fwd", _dw_conv_fwd_tuned), ("wgrad", _dw_conv_wgrad_tuned))
-    }
+_launch_fwd = _Launcher("fwd", _dw_conv_fwd_tuned)
+_launch_wgrad = _Launcher("wgrad", _dw_conv_wgrad_tuned)
 
 
 # ----------------------------------------------------------------------------
@@ -449,7 +436,7 @@ def relayout(src: Tensor, dst: Tensor, left: int = 0) -> Tensor:
         _relayout_kernel[grid](src, dst, c, h, w, width, left, *src.stride(), *dst.stride(), BLOCK_C=block_c, BLOCK_U=64)
         return dst
 
-    return guarded("relayout", (src.dtype, dst.dtype, src.stride(1) == 1, dst.stride(1) == 1), triton_call, stock)
+    return config.guarded("relayout", (src.dtype, dst.dtype, src.stride(1) == 1, dst.stride(1) == 1), triton_call, stock)
 
 
 def pad_columns(t: Tensor, pad_left: int, dtype: torch.dtype) -> Padded:
@@ -483,7 +470,8 @@ def _num_sms(x: Tensor) -> int:
     return _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 4
 
 
-def _conv_forward_padded(xp: Padded, weight: Tensor, bias: Optional[Tensor], ph: int, pw: int) -> Tensor:
+def conv_forward_padded(xp: Padded, weight: Tensor, bias: Optional[Tensor], ph: int, pw: int) -> Tensor:
+    """``conv_forward`` on an input already in the kernels' layout (``pad_columns(x, pw, dtype)``)."""
     x = xp.data
     b, c, h, _ = x.shape
     w = xp.width
@@ -510,7 +498,7 @@ def _conv_forward_padded(xp: Padded, weight: Tensor, bias: Optional[Tensor], ph:
 
 def conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], ph: int, pw: int) -> Tensor:
     """Stride-1 depthwise correlation of ``x`` (B, C, H, W) with ``weight`` (C, 1, KH, KW); NCHW result."""
-    return _conv_forward_padded(pad_columns(x, pw, x.dtype), weight, bias, ph, pw)
+    return conv_forward_padded(pad_columns(x, pw, x.dtype), weight, bias, ph, pw)
 
 
 def _weight_grad_splits(x: Tensor, kh: int, wo: int, n_rows: int) -> int:
@@ -521,7 +509,8 @@ def _weight_grad_splits(x: Tensor, kh: int, wo: int, n_rows: int) -> int:
     return max(1, min(wanted, n_rows // 256 if x.is_cuda else _cdiv(n_rows, 16)))
 
 
-def _weight_grad_padded(xp: Padded, gp: Padded, kernel_size: Tuple[int, int], ph: int, pw: int) -> Tensor:
+def weight_grad_padded(xp: Padded, gp: Padded, kernel_size: Tuple[int, int], ph: int, pw: int) -> Tensor:
+    """``weight_grad_triton`` on ``x`` and ``grad_out`` already in the kernels' layout."""
     x, g = xp.data, gp.data
     b, c, h, _ = x.shape
     w, wo = xp.width, gp.width
@@ -546,7 +535,7 @@ def _weight_grad_padded(xp: Padded, gp: Padded, kernel_size: Tuple[int, int], ph
 def weight_grad_triton(x: Tensor, grad_out: Tensor, kernel_size: Tuple[int, int], ph: int, pw: int) -> Tensor:
     """dW (C, 1, KH, KW) in fp32 of the stride-1 depthwise convolution, from ``x`` and ``grad_out`` of one dtype."""
     kw = kernel_size[1]
-    return _weight_grad_padded(pad_columns(x, pw, x.dtype), pad_columns(grad_out, kw - 1 - pw, x.dtype), kernel_size, ph, pw)
+    return weight_grad_padded(pad_columns(x, pw, x.dtype), pad_columns(grad_out, kw - 1 - pw, x.dtype), kernel_size, ph, pw)
 
 
 def weight_grad_fft_fp32(x: Tensor, grad_out: Tensor, kernel_size: Tuple[int, int], ph: int, pw: int) -> Tensor:
@@ -556,43 +545,8 @@ def weight_grad_fft_fp32(x: Tensor, grad_out: Tensor, kernel_size: Tuple[int, in
 
 
 # ----------------------------------------------------------------------------
-# Route choice and the safety net
+# The weight-gradient route
 # ----------------------------------------------------------------------------
-_WGRAD_ROUTES: Dict[tuple, str] = {}
-_WGRAD_TIMINGS: Dict[tuple, Tuple[float, float]] = {}
-_FAILED: set = set()
-_FALLBACKS: List[dict] = []
-
-
-def fallback_events() -> List[dict]:
-    """Shapes whose Triton kernel failed to build or launch and ran the stock route instead."""
-    return list(_FALLBACKS)
-
-
-def wgrad_routes() -> Dict[str, dict]:
-    """The weight-gradient route picked for each shape so far, with the timings behind it (benchmarks, reports)."""
-    return {
-        str(k): {"route": v, "triton_ms": _WGRAD_TIMINGS.get(k, (None, None))[0], "fft_ms": _WGRAD_TIMINGS.get(k, (None, None))[1]}
-        for k, v in _WGRAD_ROUTES.items()
-    }
-
-
-def guarded(kind: str, key: tuple, triton_call, stock_call):
-    if (kind, key) in _FAILED:
-        return stock_call()
-    try:
-        return triton_call()
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except Exception as err:  # compile errors surface as many types, by backend and version
-        if os.environ.get("AUDIO_DCLS_TRITON_STRICT", "0") == "1":
-            raise
-        _FAILED.add((kind, key))
-        _FALLBACKS.append({"kind": kind, "key": str(key), "error": f"{type(err).__name__}: {err}"[:500]})
-        warnings.warn(f"Triton depthwise {kind} kernel failed for {key}; using the stock route: {type(err).__name__}: {err}")
-        return stock_call()
-
-
 def _time_ms(fn, reps: int = 3) -> float:
     fn()  # warm (and autotune)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -604,31 +558,44 @@ def _time_ms(fn, reps: int = 3) -> float:
     return start.elapsed_time(end) / reps
 
 
+def _wgrad_route(key: tuple, is_cuda: bool, triton_call, fft_call) -> str:
+    """The setting, else the route recorded for ``key``, else (CUDA, outside graph capture) the faster one, recorded.
+
+    A recorded route wins on any device: that is how a resumed run (or a test
+    on the CPU) replays a choice made by timing on a GPU.
+    """
+    route = config.wgrad_route()
+    if route != "auto":
+        return route
+    table = config.routes()
+    route = table.wgrad(key)
+    if route is not None:
+        return route
+    if not is_cuda or torch.cuda.is_current_stream_capturing():
+        return "triton"  # nothing to time against on the CPU; no timing inside a CUDA graph
+    t_triton = _time_ms(triton_call)
+    t_fft = _time_ms(fft_call)
+    route = "fft" if t_fft < t_triton else "triton"
+    table.record_wgrad(key, route, t_triton, t_fft)
+    log.info("depthwise weight gradient %s: triton %.3f ms, fft %.3f ms -> %s", key, t_triton, t_fft, route)
+    return route
+
+
 def _weight_grad(xp: Padded, gp: Padded, kernel_size: Tuple[int, int], ph: int, pw: int) -> Tensor:
     """dW in fp32 by the route chosen for this shape (Triton or FFT)."""
-    key = (tuple(xp.data.shape[:3]) + (xp.width,), tuple(kernel_size), ph, pw, xp.data.dtype)
+    b, c, h = xp.data.shape[:3]
+    # The weight-gradient kernel's own launch key: route and tiles of a shape are recorded under one name.
+    key = (b, c, h, xp.width, gp.data.shape[2], gp.width, *kernel_size, xp.data.dtype)
 
     def fft_call():
         return weight_grad_fft_fp32(xp.image(), gp.image(), kernel_size, ph, pw)
 
     def triton_call():
-        return guarded("wgrad", key, lambda: _weight_grad_padded(xp, gp, kernel_size, ph, pw), fft_call)
+        return config.guarded("wgrad", key, lambda: weight_grad_padded(xp, gp, kernel_size, ph, pw), fft_call)
 
-    route = os.environ.get("AUDIO_DCLS_DW_WGRAD", "auto")
-    if route == "auto":
-        if not xp.data.is_cuda or torch.cuda.is_current_stream_capturing():
-            route = "triton"
-        else:
-            route = _WGRAD_ROUTES.get(key)
-            if route is None:
-                t_triton = _time_ms(triton_call)
-                t_fft = _time_ms(fft_call)
-                route = _WGRAD_ROUTES[key] = "fft" if t_fft < t_triton else "triton"
-                _WGRAD_TIMINGS[key] = (t_triton, t_fft)
-                log.info("depthwise weight gradient %s: triton %.3f ms, fft %.3f ms -> %s", key, t_triton, t_fft, route)
-    if route == "fft":
-        return fft_call()
-    return triton_call()
+    route = _wgrad_route(key, xp.data.is_cuda, triton_call, fft_call)
+    config.routes().count(f"wgrad_{route}")
+    return fft_call() if route == "fft" else triton_call()
 
 
 # ----------------------------------------------------------------------------
@@ -656,7 +623,7 @@ class DepthwiseConv2dTriton(torch.autograd.Function):
         ctx.x_channels_last = _is_channels_last(x)
         ctx.bias_dtype = None if bias is None else bias.dtype
         key = (tuple(x.shape), tuple(weight.shape[-2:]), ph, pw, dtype)
-        y = guarded("fwd", key, lambda: _conv_forward_padded(xp, weight, bias, ph, pw),
+        y = config.guarded("fwd", key, lambda: conv_forward_padded(xp, weight, bias, ph, pw),
                      lambda: _stock_conv(xp.image(), weight, bias, ph, pw))  # (B, C, HO, WO) NCHW
         return _in_format(y, ctx.x_channels_last, dtype)
 
@@ -673,7 +640,7 @@ class DepthwiseConv2dTriton(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             flipped = weight.flip((-2, -1)).contiguous()
             key = (tuple(grad_out.shape), (kh, kw), qh, qw, x_data.dtype)
-            grad_x = guarded("dgrad", key, lambda: _conv_forward_padded(gp, flipped, None, qh, qw),
+            grad_x = config.guarded("dgrad", key, lambda: conv_forward_padded(gp, flipped, None, qh, qw),
                               lambda: _stock_conv(gp.image(), flipped, None, qh, qw))  # (B, C, H, W) NCHW
             grad_x = _in_format(grad_x, ctx.x_channels_last, ctx.x_dtype)
         if ctx.needs_input_grad[1]:
@@ -735,15 +702,15 @@ def depthwise_conv2d_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor] = 
 __all__ = [
     "DepthwiseConv2dTriton",
     "Padded",
+    "band_block",
     "conv_forward",
+    "conv_forward_padded",
     "depthwise_conv2d_triton",
-    "fallback_events",
-    "force_config",
     "pad_columns",
     "relayout",
+    "tile_candidates",
     "triton_path_applies",
-    "tuned_configs",
     "weight_grad_fft_fp32",
+    "weight_grad_padded",
     "weight_grad_triton",
-    "wgrad_routes",
 ]
