@@ -56,7 +56,8 @@ if str(ROOT) not in sys.path:
 
 from audio_dcls.layers import Dcls2d  # noqa: E402
 from audio_dcls.layers.depthwise_conv import DepthwiseConv2d, use_fast_depthwise  # noqa: E402
-from audio_dcls.ops import conv as conv_ops  # noqa: E402
+from audio_dcls.ops import HAS_TRITON  # noqa: E402
+from audio_dcls.ops import config as ops_config  # noqa: E402
 
 log = logging.getLogger("bench_gpu")
 
@@ -230,63 +231,63 @@ def bench_layers(args, device, report: Report, budget: Budget) -> None:
 
 def check_layers(args, device, report: Report, budget: Budget) -> None:
     """Our kernels against F.conv2d on the stage shapes: forward, input and weight gradients (relative max error)."""
-    from audio_dcls.ops import depthwise_triton
-
     shapes = convnext_stage_shapes(args.input_size, widths=args.widths)
     batch = min(args.batch, 8)
-    # fp32 last and on one pinned tile shape: it only checks the tf32x3 numerics and spares the compile time.
     cases = [(s, k, torch.bfloat16) for s in shapes for k in args.layer_kernels]
     cases += [(s, DCLS_SIZE, torch.float32) for s in (shapes[0], shapes[-1])]
+    # fp32 with tf32x3 products (near-fp32 results) on one pinned tile shape: it only checks
+    # the numerics, and pinning spares the compile time of the autotuner's candidates.
+    fp32_tiles = dict(fwd_tiles=dict(BLOCK_R=64, BLOCK_W=32, BLOCK_K=64, I_BLOCK=1), wgrad_tiles=dict(BLOCK_R=64, BLOCK_W=32, I_BLOCK=2))
     allow_tf32 = torch.backends.cudnn.allow_tf32
-    wgrad_route = os.environ.get("AUDIO_DCLS_DW_WGRAD")
-    os.environ["AUDIO_DCLS_DW_WGRAD"] = "triton"  # check the Triton weight gradient, not the FFT one
     for (c, h, w), k, dtype in cases:
-        if dtype == torch.float32 and depthwise_triton._FORCED["fwd"] is None:
-            depthwise_triton.force_config("fwd", dict(BLOCK_R=64, BLOCK_W=32, BLOCK_K=64, I_BLOCK=1))
-            depthwise_triton.force_config("wgrad", dict(BLOCK_R=64, BLOCK_W=32, I_BLOCK=2))
-            torch.backends.cudnn.allow_tf32 = False  # tf32x3 products: near-fp32 results
         name = f"{c}@{h}x{w}_k{k}_{str(dtype).replace('torch.', '')}"
         if budget.left() < args.reserve_s:
             report.data["checks"][name] = {"skipped": "time budget"}
             continue
+        fp32 = dtype == torch.float32
+        torch.backends.cudnn.allow_tf32 = allow_tf32 and not fp32
         try:
-            torch.manual_seed(0)
-            x = torch.randn(batch, c, h, w, device=device)
-            if args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x = x.to(dtype).requires_grad_()
-            wt = (torch.randn(c, 1, k, k, device=device) / k).to(dtype).requires_grad_()
-            b = torch.randn(c, device=device).to(dtype).requires_grad_()
-            y = depthwise_triton.depthwise_conv2d_triton(x, wt, b, (k // 2, k // 2))
-            g = torch.randn_like(y)
-            grads = torch.autograd.grad(y, (x, wt, b), g)
-            ref_in = [t.detach().double().requires_grad_() for t in (x, wt, b)]
-            y_ref = torch.nn.functional.conv2d(ref_in[0], ref_in[1], ref_in[2], 1, k // 2, 1, c)
-            ref = torch.autograd.grad(y_ref, ref_in, g.double())
-
-            def rel(a, r):
-                return ((a.double() - r).abs().max() / r.abs().max().clamp_min(1e-12)).item()
-
-            report.data["checks"][name] = {
-                "y": rel(y, y_ref), "grad_x": rel(grads[0], ref[0]), "grad_w": rel(grads[1], ref[1]), "grad_b": rel(grads[2], ref[2]),
-                "y_channels_last": bool(y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()),
-            }
+            # The Triton weight gradient is what is checked, not the FFT one.
+            with ops_config.override(wgrad="triton", **(fp32_tiles if fp32 else {})):
+                report.data["checks"][name] = _check_one(device, batch, c, h, w, k, dtype, args.channels_last)
         except Exception as err:  # noqa: BLE001
             report.data["checks"][name] = {"error": _error(err)}
+        finally:
+            torch.backends.cudnn.allow_tf32 = allow_tf32
         report.save()
-    depthwise_triton.force_config("fwd", None)
-    depthwise_triton.force_config("wgrad", None)
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-    if wgrad_route is None:
-        os.environ.pop("AUDIO_DCLS_DW_WGRAD")
-    else:
-        os.environ["AUDIO_DCLS_DW_WGRAD"] = wgrad_route
     worst = {}
     for name, res in report.data["checks"].items():
         if "y" in res:
             dtype = name.rsplit("_", 1)[-1]
             worst[dtype] = max(worst.get(dtype, 0.0), res["y"], res["grad_x"], res["grad_w"], res["grad_b"])
     print(f"  kernel checks, worst relative error by dtype: {worst}", flush=True)
+
+
+def _check_one(device, batch: int, c: int, h: int, w: int, k: int, dtype, channels_last: bool) -> dict:
+    """Relative max errors of one layer's forward and three gradients against float64 ``F.conv2d``."""
+    from audio_dcls.ops import depthwise_triton
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, c, h, w, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(dtype).requires_grad_()
+    wt = (torch.randn(c, 1, k, k, device=device) / k).to(dtype).requires_grad_()
+    b = torch.randn(c, device=device).to(dtype).requires_grad_()
+    y = depthwise_triton.depthwise_conv2d_triton(x, wt, b, (k // 2, k // 2))  # (B, C, H, W)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, wt, b), g)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, wt, b)]
+    y_ref = torch.nn.functional.conv2d(ref_in[0], ref_in[1], ref_in[2], 1, k // 2, 1, c)
+    ref = torch.autograd.grad(y_ref, ref_in, g.double())
+
+    def rel(a, r):
+        return ((a.double() - r).abs().max() / r.abs().max().clamp_min(1e-12)).item()
+
+    return {
+        "y": rel(y, y_ref), "grad_x": rel(grads[0], ref[0]), "grad_w": rel(grads[1], ref[1]), "grad_b": rel(grads[2], ref[2]),
+        "y_channels_last": bool(y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()),
+    }
 
 
 def breakdown_layers(args, device, report: Report, budget: Budget) -> None:
@@ -306,8 +307,8 @@ def breakdown_layers(args, device, report: Report, budget: Budget) -> None:
                 g = torch.randn(args.batch, c, h, w, device=device, dtype=torch.bfloat16)
                 xp, gp = dt.pad_columns(x, k // 2, x.dtype), dt.pad_columns(g, k // 2, x.dtype)
                 passes = {
-                    "ours_fwd": lambda: dt._conv_forward_padded(xp, wt, None, k // 2, k // 2),
-                    "ours_wgrad_triton": lambda: dt._weight_grad_padded(xp, gp, (k, k), k // 2, k // 2),
+                    "ours_fwd": lambda: dt.conv_forward_padded(xp, wt, None, k // 2, k // 2),
+                    "ours_wgrad_triton": lambda: dt.weight_grad_padded(xp, gp, (k, k), k // 2, k // 2),
                     "ours_wgrad_fft": lambda: dt.weight_grad_fft_fp32(x, g, (k, k), k // 2, k // 2),
                     "ours_pad_copy": lambda: dt.pad_columns(x, k // 2, x.dtype),
                     "stock_fwd": lambda: torch.nn.functional.conv2d(x, wt.to(x.dtype), None, 1, k // 2, 1, c),
@@ -410,23 +411,6 @@ def bench_model(model: nn.Module, args, device, budget: Budget, train: bool = Tr
     return out
 
 
-@contextlib.contextmanager
-def _env(name: str, value: Optional[str]):
-    """Set (or, with None, leave) an environment variable for the duration of a block."""
-    if value is None:
-        yield
-        return
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def profile_step(step: Callable[[], None], device, rows: int = 12) -> dict:
     """Where one (already warm) step spends its time: host time to issue it, device busy
     time, operator and kernel-launch counts, and the top operators by self time on each side.
@@ -484,14 +468,11 @@ def bench_models(args, device, report: Report, budget: Budget) -> None:
     families = TINY_FAMILIES if args.tiny else FAMILIES
     if args.models:
         families = {k: v for k, v in {**FAMILIES, **TINY_FAMILIES}.items() if k in args.models}
+    missing = [n for pair in families.values() for n in pair if not timm.is_model(n)]
+    if missing:  # audio_dcls.models registers them all: a missing one is a bug, not a column to skip
+        raise LookupError(f"models not registered with timm: {', '.join(missing)}")
     for family, (dsc, dcls) in families.items():
         row = report.data["models"].setdefault(family, {"dsc_model": dsc, "dcls_model": dcls})
-        missing = [n for n in (dsc, dcls) if not timm.is_model(n)]
-        if missing:
-            row["skipped"] = f"not registered: {', '.join(missing)}"
-            print(f"  {family}: {row['skipped']}", flush=True)
-            report.save()
-            continue
         for column in columns:
             if budget.left() < args.reserve_s:
                 row[column] = {"skipped": "time budget"}
@@ -503,7 +484,7 @@ def bench_models(args, device, report: Report, budget: Budget) -> None:
                 # On a CPU smoke run the reference layers take ~10 s per training step: time inference only.
                 train = not (args.tiny and device.type == "cpu" and column == "oracle_dcls")
                 # The A/B column: the same DCLS model with its kernels built by PyTorch ops.
-                with _env("AUDIO_DCLS_FUSED_BUILD", "0" if column == "ours_dcls_unfused" else None):
+                with ops_config.override(**({"fused_build": "off"} if column == "ours_dcls_unfused" else {})):
                     row[column] = bench_model(model, args, device, budget, train=train)
             except LookupError as err:
                 row[column] = {"skipped": str(err)}
@@ -582,6 +563,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.models:
         args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown_models = sorted(set(args.models) - set(FAMILIES) - set(TINY_FAMILIES))
+        if unknown_models:
+            p.error(f"unknown --models {unknown_models}; choose from {sorted({**FAMILIES, **TINY_FAMILIES})}")
     args.layer_kernels = tuple(int(k) for k in args.layer_kernels.split(","))
     args.layer_formats = tuple(f.strip() for f in args.layer_formats.split(",") if f.strip())
     unknown = set(args.layer_formats) - {"nchw", "channels_last"}
@@ -629,8 +613,8 @@ def main(argv=None) -> int:
         "cuda": torch.version.cuda, "batch": args.batch, "input": [1, *args.input_size],
         "channels_last": args.channels_last, "autocast": "bf16" if device.type == "cuda" else "off",
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "tiny": args.tiny,
-        "triton_route": conv_ops._triton is not None,
-        "fused_dcls_build": os.environ.get("AUDIO_DCLS_FUSED_BUILD", "1"),
+        "triton_route": HAS_TRITON,
+        "ops_settings": ops_config.settings(),
     }
     report = Report(Path(args.out) / "bench_gpu.json", meta)
     tuning_log = _listen_to_autotuner()
@@ -648,9 +632,9 @@ def main(argv=None) -> int:
     if args.check and device.type == "cuda":
         print("(c) where the layer time goes, pass by pass", flush=True)
         breakdown_layers(args, device, report, budget)
-    if conv_ops._triton is not None:
-        tri = conv_ops._triton
-        report.data["triton"] = {"tuned": tri.tuned_configs(), "wgrad_routes": tri.wgrad_routes(), "fallbacks": tri.fallback_events(),
+    if HAS_TRITON:
+        report.data["triton"] = {"routes": ops_config.routes_state(), "wgrad_timings": ops_config.wgrad_timings(),
+                                 "route_counts": ops_config.route_counts(), "fallbacks": ops_config.fallback_events(),
                                  "autotuning": tuning_log}
     report.data["meta"]["wall_s"] = time.monotonic() - t0
     report.save()

@@ -53,17 +53,18 @@ def test_layer_table_and_ratios(smoke_report):
 
 def test_model_columns(smoke_report):
     report, stdout = smoke_report
-    row = report["models"].get("convnext_atto")
-    if row is None or "skipped" in row:
-        pytest.skip(f"tiny audio models not registered: {row}")
+    assert list(report["models"]) == ["convnext_atto"], report["models"]  # --tiny: the one tiny family
+    row = report["models"]["convnext_atto"]
+    assert (row["dsc_model"], row["dcls_model"]) == ("convnext_atto_audio", "convnext_atto_dcls_audio")
     for column in ("stock_dsc", "ours_dsc", "ours_dcls", "ours_dcls_unfused"):  # the last: --ab-fused-build
         res = row[column]
         assert res.get("train_samples_per_s", 0) > 0 and res.get("infer_samples_per_s", 0) > 0, (column, res)
         prof = res["train_step_profile"]  # --profile: one step's host/device split and top operators
         assert prof["wall_ms"] > 0 and prof["aten_ops"] > 0 and len(prof["top_host_ops_ms"]) == 12, prof
-    oracle = row["oracle_dcls"]  # the reference layers swapped in; inference only on CPU (slow)
-    if not ("skipped" in oracle and "dcls" in oracle["skipped"]):  # else: reference package not installed
-        assert oracle.get("infer_samples_per_s", 0) > 0 and oracle["train"] == "skipped", oracle
+    # The reference layers swapped in (dcls 0.1.1 is in the test extra); inference only on CPU (slow).
+    oracle = row["oracle_dcls"]
+    assert oracle.get("infer_samples_per_s", 0) > 0 and oracle["train"] == "skipped", oracle
+    assert not report["meta"]["oracle"].startswith("skipped"), report["meta"]["oracle"]
     ratios = report["ratios"]["convnext_atto"]
     assert ratios["ours_dcls_over_stock_dsc_train"] > 0
     assert "ours dcls / stock dsc train" in stdout
