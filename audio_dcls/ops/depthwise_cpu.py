@@ -25,11 +25,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _pad_amounts(padding: Tuple[int, int]) -> Tuple[int, int, int, int]:
-    ph, pw = padding
-    return (pw, pw, ph, ph)
-
-
 def _smooth_size(n: int) -> int:
     """Smallest m >= n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
     m = n
