@@ -7,6 +7,8 @@ give onnxruntime outputs equal to PyTorch's.
 import warnings
 
 import numpy as np
+import onnx  # onnx and onnxruntime: test extra
+import onnxruntime as ort
 import pytest
 import timm
 import torch
@@ -16,8 +18,6 @@ import audio_dcls  # noqa: F401  (registers the models)
 from audio_dcls.layers import Dcls2d
 from audio_dcls.models import dcls_stage_layers, prepare_for_inference
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 LAYER_SCALE_ONE = {
     "convnext": dict(ls_init_value=1.0),

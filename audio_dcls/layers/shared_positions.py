@@ -61,6 +61,7 @@ class SharedKernelCache:
     def __init__(self, layers: Sequence[_DclsNd]):
         self.layers = list(layers)
         self.active = False
+        self.builds = 0  # group builds so far (one per forward of the container when all goes well)
         self._entries: Dict[Tuple, Dict[int, torch.Tensor]] = {}
 
     def start(self, *_):
@@ -87,6 +88,7 @@ class SharedKernelCache:
         entry = self._entries.get(key)
         if entry is None:
             kernels = owner.kernel_builder.shared_kernels([m.weight for m in self.layers], owner.P, sig)
+            self.builds += 1
             entry = self._entries[key] = {id(m): k for m, k in zip(self.layers, kernels)}
         return entry[id(layer)]
 
