@@ -13,6 +13,7 @@ from audio_dcls.audio import (
     AudioDecodeError,
     AudioTooLong,
     UnsupportedAudioFormat,
+    decode_audio,
     load_audio,
     load_audio_tensor,
     load_audio_with_rate,
@@ -170,13 +171,18 @@ def _nan_wav() -> bytes:
 
 
 def _bad_inputs():
+    """Input with no decodable audio in it. (A file cut short with audio left is decoded: test_audio_lenient.py.)"""
     wav = encode("WAV", "PCM_16", stereo_sine())
     flac = encode("FLAC", "PCM_16", stereo_sine(seconds=1.0))
+    ogg = encode("OGG", "VORBIS", stereo_sine(seconds=1.0))
     return {
         "empty": (b"", AudioDecodeError, "empty"),
-        "truncated wav": (wav[: len(wav) // 2], AudioDecodeError, "truncated"),
-        "truncated flac": (flac[: len(flac) // 2], AudioDecodeError, "damaged or truncated"),
         "header-only wav": (_wav_header_only(), AudioDecodeError, "truncated"),  # header promises 2000 bytes
+        "wav with one byte of audio": (_wav_header_only() + b"\x01", AudioDecodeError, "only 1 is present"),
+        "wav cut inside its header": (wav[:30], AudioDecodeError, "damaged or truncated"),
+        "flac without a whole frame": (flac[:100], AudioDecodeError, "damaged or truncated"),
+        "ogg without a whole audio page": (ogg[: ogg.find(b"OggS", 100) + 200], AudioDecodeError, "truncated"),
+        "aiff header only": (encode("AIFF", "PCM_16", stereo_sine())[:54], AudioDecodeError, "none are present"),
         "zero samples": (encode("WAV", "PCM_16", np.zeros((0, 1), np.float32)), AudioDecodeError, "no audio samples"),
         "nan float wav": (_nan_wav(), AudioDecodeError, "non-finite"),
         "absurd rate": (_with_rate(wav, 5_000_000), AudioDecodeError, "sample rate"),
@@ -196,6 +202,19 @@ def test_bad_input_raises_a_typed_error_with_a_readable_reason(name):
     assert "BytesIO" not in str(e.value) and "\n" not in str(e.value)
     if kind is AudioDecodeError:
         assert not isinstance(e.value, UnsupportedAudioFormat)  # 400, not 415
+
+
+def test_files_cut_in_half_are_decoded_with_a_warning():
+    """These two were refused (400) before files cut short were decoded; what is left of them is audio."""
+    x = stereo_sine(seconds=1.0)
+    wav, flac = encode("WAV", "PCM_16", x), encode("FLAC", "PCM_16", x)
+    half_wav = decode_audio(wav[: len(wav) // 2], target_sr=None)
+    assert half_wav.warnings == ["truncated: the header announces 64,000 bytes of audio but only 31,978 are present"]
+    np.testing.assert_allclose(half_wav.samples, x[: 31978 // 4].mean(axis=1), atol=1e-4)
+    half_flac = decode_audio(flac[: len(flac) // 2], target_sr=None)
+    assert half_flac.warnings[0].startswith("truncated: the file announces 1.00 s of audio but only ")
+    assert 0.25 * SR < len(half_flac.samples) < 0.75 * SR and len(half_flac.samples) % 4096 == 0  # whole frames only
+    np.testing.assert_allclose(half_flac.samples, x[: len(half_flac.samples)].mean(axis=1), atol=1e-4)
 
 
 def test_missing_and_empty_files_name_the_path(tmp_path):
