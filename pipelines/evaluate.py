@@ -53,7 +53,7 @@ from audio_dcls.io import atomic_open, atomic_write_json
 from audio_dcls.metrics import TaggingMetrics
 from pipelines.data import DataSpec, open_data
 from pipelines.distributed import dist_info, init_distributed, shutdown_distributed, torchrun_rank
-from pipelines.scoring import score
+from pipelines.scoring import ScoringOptions, score
 
 log = logging.getLogger("pipelines.evaluate")
 
@@ -220,19 +220,9 @@ class EvaluationResult:
     files: Dict[str, str]
 
 
-def evaluate(
-    loaded: LoadedModel,
-    data: DataSpec,
-    out: Optional[Path],
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-    workers: int = 0,
-    amp_dtype: Optional[torch.dtype] = None,
-    channels_last: bool = False,
-    progress: Optional[bool] = None,
-) -> EvaluationResult:
+def evaluate(loaded: LoadedModel, data: DataSpec, out: Optional[Path], options: ScoringOptions = ScoringOptions()) -> EvaluationResult:
     """Score ``data`` with ``loaded`` and (on rank 0) write the report files to ``out``."""
-    result = score(loaded.model, [m for m, _ in loaded.labels], loaded.frontend, data, batch_size, device, workers, amp_dtype, channels_last, progress)
+    result = score(loaded.model, [m for m, _ in loaded.labels], loaded.frontend, data, options)
     metrics = result.metrics
     summary = {
         **metrics.summary(),
@@ -241,7 +231,7 @@ def evaluate(
         "clips_skipped": len(result.skipped),
         "skipped": [list(s) for s in result.skipped[:100]],
         "data_classes_not_predicted": len(result.data_classes_not_predicted),
-        "device": str(device),
+        "device": str(options.device),
         "seconds": round(result.seconds, 2),
         "clips_per_second": round(result.clips_scored / max(result.seconds, 1e-9), 2),
     }
@@ -303,7 +293,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = init_distributed(args.device).device
         loaded = load_model(args.model, device=device, weights=args.weights)
         data = open_data(given[0], audio_dir=args.audio_dir, frontend=loaded.frontend)
-        result = evaluate(loaded, data, Path(args.out), args.batch_size, device, args.workers, torch.bfloat16 if args.amp else None, False)
+        options = ScoringOptions(args.batch_size, device, args.workers, torch.bfloat16 if args.amp else None)
+        result = evaluate(loaded, data, Path(args.out), options)
         if rank == 0:
             s = result.summary
             print(f"{loaded.arch} on {given[0]}: {result.metrics.describe()}; {s['clips_skipped']} clips skipped, {s['clips_per_second']} clips/s")

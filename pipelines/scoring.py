@@ -73,34 +73,34 @@ def _score_slice(model, loader, lo: int, per: int, num_classes_data: int, device
     return scores, targets, scored, skipped
 
 
+@dataclass(frozen=True)
+class ScoringOptions:
+    batch_size: int = 64  # clips per forward pass
+    device: torch.device | str = "cpu"
+    workers: int = 0  # DataLoader worker processes
+    amp_dtype: Optional[torch.dtype] = None  # autocast dtype on CUDA (None: full precision)
+    channels_last: bool = False  # NHWC inputs
+    progress: Optional[bool] = None  # a tqdm bar on rank 0 (None: when stderr is a terminal)
+
+
 @torch.no_grad()
-def predict(
-    model: nn.Module,
-    dataset: Dataset,
-    num_classes_data: int,
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-    workers: int = 0,
-    amp_dtype: Optional[torch.dtype] = None,
-    channels_last: bool = False,
-    progress: Optional[bool] = None,
-) -> Predictions:
+def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: ScoringOptions = ScoringOptions()) -> Predictions:
     """Score every item of ``dataset`` (batched, eval mode; the model's mode is restored after).
 
     Under torch.distributed each rank scores one contiguous slice and every rank
     returns the gathered result.
     """
-    device = torch.device(device)
+    device = torch.device(options.device)
     rank, world = dist_info()
     n = len(dataset)
     per = -(-n // world)
     lo, hi = min(rank * per, n), min((rank + 1) * per, n)
-    loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_items, pin_memory=device.type == "cuda")
-    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
+    loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=options.batch_size, shuffle=False, num_workers=options.workers, collate_fn=collate_items, pin_memory=device.type == "cuda")
+    show = (sys.stderr.isatty() if options.progress is None else options.progress) and rank == 0
     was_training = model.training
     model.eval()
     try:
-        scores, targets, scored, skipped = _score_slice(model, loader, lo, per, num_classes_data, device, amp_dtype, channels_last, show)
+        scores, targets, scored, skipped = _score_slice(model, loader, lo, per, num_classes_data, device, options.amp_dtype, options.channels_last, show)
     finally:
         model.train(was_training)
     if world > 1:
@@ -151,23 +151,12 @@ class Scores:
     seconds: float  # wall time of the prediction
 
 
-def score(
-    model: nn.Module,
-    model_mids: Sequence[str],
-    model_frontend: LogMelConfig,
-    data: DataSpec,
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-    workers: int = 0,
-    amp_dtype: Optional[torch.dtype] = None,
-    channels_last: bool = False,
-    progress: Optional[bool] = None,
-) -> Scores:
+def score(model: nn.Module, model_mids: Sequence[str], model_frontend: LogMelConfig, data: DataSpec, options: ScoringOptions = ScoringOptions()) -> Scores:
     """Check the front end, predict every clip of ``data``, align its labels to ``model_mids``
     and compute the tagging metrics. Raises NothingScored when every clip was skipped."""
     check_frontend(model_frontend, data.frontend)
     t0 = time.perf_counter()
-    preds = predict(model, data.dataset, len(data.vocabulary), batch_size, device, workers, amp_dtype, channels_last, progress)
+    preds = predict(model, data.dataset, len(data.vocabulary), options)
     seconds = time.perf_counter() - t0
     skipped = [(data.ids[i], reason) for i, reason in preds.skipped]
     keep = preds.scored

@@ -71,7 +71,7 @@ from pipelines.data import DataError, DataSpec, collate_items, open_data, open_t
 from pipelines.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown_distributed, torchrun_rank
 from pipelines.run_log import RunLog
 from pipelines.sampling import GlobalBatchSampler
-from pipelines.scoring import NothingScored, Scores, align_targets, check_frontend, score
+from pipelines.scoring import NothingScored, Scores, ScoringOptions, align_targets, check_frontend, score
 from pipelines.train_config import ConfigError, TrainConfig, config_differences, load_config, save_config
 from pipelines.train_state import RunState, build_run_state, release_model_args
 from pipelines.train_step import MicroBatch, NonFiniteLoss, StepResult, train_step
@@ -330,8 +330,9 @@ class Trainer:
     def _evaluate(self) -> Optional[Scores]:
         s, cfg = self.state, self.cfg
         amp = s.recipe.amp_dtype if s.recipe.use_amp else None
+        options = ScoringOptions(cfg.batch_size, self.env.device, cfg.workers, amp, cfg.channels_last, progress=False)
         try:
-            return score(s.eval_model, self.data.vocabulary.mids, self.data.frontend, self.eval_data, max(1, cfg.batch_size), self.env.device, cfg.workers, amp, cfg.channels_last, progress=False)
+            return score(s.eval_model, self.data.vocabulary.mids, self.data.frontend, self.eval_data, options)
         except NothingScored as e:
             log.warning("evaluation: %s", e)
             return None

@@ -173,12 +173,13 @@ def run_evaluation(release: Path, store: Path, out: Path, device: str, workers: 
     from audio_dcls.device import resolve_device
     from pipelines.data import open_data
     from pipelines.evaluate import evaluate, load_model
+    from pipelines.scoring import ScoringOptions
 
     dev = resolve_device(device)
     loaded = load_model(release, device=dev)
     data = open_data(str(store), frontend=loaded.frontend)
     try:
-        result = evaluate(loaded, data, out, batch_size=64, device=dev, workers=workers)
+        result = evaluate(loaded, data, out, ScoringOptions(batch_size=64, device=dev, workers=workers))
     finally:
         data.close()
     log.info("evaluation: %s", result.metrics.describe())

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from audio_dcls.features import LogMelConfig
 from audio_dcls.model_factory import ModelBuildError, build_model
 from pipelines.optim import WarmupCosine, build_optimizer
 from pipelines.train_config import ConfigError, TrainConfig
@@ -139,9 +140,10 @@ class RunState:
         self.epoch, self.step_in_epoch, self.global_step = int(d["epoch"]), int(d["step_in_epoch"]), int(d["global_step"])
 
 
-def build_run_state(cfg: TrainConfig, num_classes: int, device: torch.device, steps_per_epoch: int, accum: int, db_per_unit: float, world: int = 1) -> RunState:
+def build_run_state(cfg: TrainConfig, num_classes: int, device: torch.device, steps_per_epoch: int, accum: int, db_per_unit: float = LogMelConfig.std, world: int = 1) -> RunState:
     """A fresh run: model initialised from ``cfg.seed``, optimizer, warmup-cosine schedule
-    over ``cfg.epochs`` epochs, EMA, scaler and augmentation as configured."""
+    over ``cfg.epochs`` epochs, EMA, scaler and augmentation (``db_per_unit``: the front
+    end's dB per normalised unit) as configured."""
     torch.manual_seed(cfg.seed)
     model = build_training_model(cfg, num_classes).to(device)
     if cfg.channels_last:
