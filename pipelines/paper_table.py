@@ -45,11 +45,11 @@ from audio_dcls.io import atomic_write
 log = logging.getLogger("pipelines.paper_table")
 
 # The six models of the paper, in the paper's order: (model name, DSC/DCLS).
-PAPER_ORDER = [
+PAPER_ORDER = (
     "convnext_tiny_audio", "convnext_tiny_dcls_audio",
     "convformer_s18_audio", "convformer_s18_dcls_audio",
     "fastvit_sa24_audio", "fastvit_sa24_dcls_audio",
-]
+)
 FAMILY_NAMES = {"convnext": "ConvNeXt", "convformer": "ConvFormer", "fastvit": "FastViT"}
 
 

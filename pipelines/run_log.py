@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Sequence
 
 from audio_dcls.io import atomic_open
 
-EPOCH_FIELDS = ["epoch", "step", "train_loss", "lr", "epoch_seconds", "clips_per_second", "eval_mAP", "eval_mAUC", "eval_d_prime", "eval_classes_scored"]
-STEP_FIELDS = ["step", "epoch", "loss", "lr"]
+EPOCH_FIELDS = ("epoch", "step", "train_loss", "lr", "epoch_seconds", "clips_per_second", "eval_mAP", "eval_mAUC", "eval_d_prime", "eval_classes_scored")
+STEP_FIELDS = ("step", "epoch", "loss", "lr")
 
 
-def truncate_csv(path: Path, fields: List[str], keep: Callable[[Dict[str, str]], bool]) -> None:
+def truncate_csv(path: Path, fields: Sequence[str], keep: Callable[[Dict[str, str]], bool]) -> None:
     """Rewrite ``path`` (atomically) with the complete rows ``keep(row)`` accepts; a header alone if it is new."""
     rows = []
     if path.exists():
@@ -28,7 +28,7 @@ def truncate_csv(path: Path, fields: List[str], keep: Callable[[Dict[str, str]],
         w.writerows(rows)
 
 
-def append_csv(path: Path, fields: List[str], row: Dict) -> None:
+def append_csv(path: Path, fields: Sequence[str], row: Dict) -> None:
     """One row more (a log, appended in place; a row torn by a kill is dropped by the next resume)."""
     with open(path, "a", newline="") as f:
         csv.DictWriter(f, fieldnames=fields).writerow({k: row.get(k, "") for k in fields})
