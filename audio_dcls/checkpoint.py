@@ -7,12 +7,11 @@ A release folder holds exactly three files, none of them pickled:
                         label vocabulary source, training summary and metrics
     labels.csv          index,mid,display_name — row i is output i
 
-Folders are written to a temporary sibling and renamed into place, so a
-reader never sees half a release.
+Folders are written to a temporary sibling, every file and the folder fsynced,
+and renamed into place, so a reader never sees half a release, even after a crash.
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 import shutil
@@ -21,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import timm
 import torch
 import yaml
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .features import LogMelConfig
+from audio_dcls.features import LogMelConfig
+from audio_dcls.io import atomic_path, atomic_write, fsync_dir
+from audio_dcls.labels import LabelVocabulary
+from audio_dcls.model_factory import build_model
 
 RELEASE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -44,7 +45,7 @@ class ReleaseError(ValueError):
 @dataclass
 class Release:
     name: str  # folder name; the service's model name
-    model: nn.Module  # built with timm.create_model and loaded, in eval mode
+    model: nn.Module  # built with audio_dcls.model_factory.build_model and loaded, in eval mode
     arch: str  # timm model name
     model_args: Dict  # keyword arguments given to timm.create_model
     frontend: LogMelConfig  # settings of the log-mel front end the model was trained with
@@ -56,27 +57,6 @@ class Release:
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
-
-
-def write_labels_csv(path: Union[str, Path], labels: Sequence[Tuple[str, str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "mid", "display_name"])
-        for i, (mid, name) in enumerate(labels):
-            writer.writerow([i, mid, name])
-
-
-def read_labels_csv(path: Union[str, Path]) -> List[Tuple[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or set(rows[0]) != {"index", "mid", "display_name"}:
-        raise ReleaseError(f"{path}: expected a CSV with columns index,mid,display_name")
-    labels = []
-    for expected, row in enumerate(rows):
-        if int(row["index"]) != expected:
-            raise ReleaseError(f"{path}: row {expected + 1} has index {row['index']}, expected {expected}")
-        labels.append((row["mid"], row["display_name"]))
-    return labels
 
 
 def save_release(
@@ -96,6 +76,10 @@ def save_release(
     num_classes = model_args.get("num_classes")
     if num_classes is not None and num_classes != len(labels):
         raise ReleaseError(f"model has {num_classes} outputs but {len(labels)} labels were given")
+    try:
+        vocab = LabelVocabulary([m for m, _ in labels], [n for _, n in labels])
+    except ValueError as e:
+        raise ReleaseError(f"labels: {e}") from None
     config = {
         "format": RELEASE_FORMAT,
         "arch": arch,
@@ -108,28 +92,44 @@ def save_release(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        state_model = model.module if hasattr(model, "module") else model
-        save_model(state_model, str(tmp / WEIGHTS_FILE), metadata={"arch": arch, "format": str(RELEASE_FORMAT)})
-        with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
-            yaml.safe_dump(config, f, sort_keys=False)
-        write_labels_csv(tmp / LABELS_FILE, labels)
-        # mkdtemp makes a private folder; a release is read by other users
-        # (the service container runs unprivileged).
-        tmp.chmod(0o755)
-        for name in (WEIGHTS_FILE, CONFIG_FILE, LABELS_FILE):
-            (tmp / name).chmod(0o644)
+        _write_release_files(tmp, model, arch, config, vocab)
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(folder, old)
         os.replace(tmp, folder)
+        fsync_dir(folder.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _write_release_files(tmp: Path, model: nn.Module, arch: str, config: Dict, vocab: LabelVocabulary) -> None:
+    """The three files, each durable, into the (private) temporary folder ``tmp``."""
+    state_model = model.module if hasattr(model, "module") else model
+    with atomic_path(tmp / WEIGHTS_FILE) as weights:
+        save_model(state_model, str(weights), metadata={"arch": arch, "format": str(RELEASE_FORMAT)})
+    atomic_write(tmp / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+    vocab.to_csv(tmp / LABELS_FILE)
+    # mkdtemp makes a private folder; a release is read by other users
+    # (the service container runs unprivileged).
+    tmp.chmod(0o755)
+    for name in (WEIGHTS_FILE, CONFIG_FILE, LABELS_FILE):
+        (tmp / name).chmod(0o644)
+    fsync_dir(tmp)
+
+
+def read_labels(path: Path) -> List[Tuple[str, str]]:
+    """labels.csv of a release -> [(mid, display name)] per output (LabelVocabulary's codec)."""
+    try:
+        vocab = LabelVocabulary.from_csv(path)
+    except (ValueError, OSError) as e:
+        raise ReleaseError(f"{path}: {' '.join(str(e).split())}") from None
+    return list(zip(vocab.mids, vocab.display_names))
 
 
 def read_release_config(folder: Union[str, Path]) -> Dict:
@@ -150,17 +150,15 @@ def read_release_config(folder: Union[str, Path]) -> Dict:
 
 def load_release(folder: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Release:
     """Build the model named in ``config.yaml`` and load its safetensors weights."""
-    import audio_dcls.models  # noqa: F401  (registers our architectures with timm)
-
     folder = Path(folder)
     config = read_release_config(folder)
-    labels = read_labels_csv(folder / LABELS_FILE)
+    labels = read_labels(folder / LABELS_FILE)
     if len(labels) != config.get("num_classes"):
         raise ReleaseError(f"{folder}: {len(labels)} labels but config says {config.get('num_classes')} classes")
     model_args = dict(config.get("model_args") or {})
     model_args["num_classes"] = len(labels)
     try:
-        model = timm.create_model(config["arch"], pretrained=False, **model_args)
+        model = build_model(config["arch"], model_args, len(labels))
     except Exception as e:  # unknown architecture or bad arguments
         raise ReleaseError(f"{folder}: cannot build {config['arch']!r}: {e}") from None
     try:

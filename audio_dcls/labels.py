@@ -23,11 +23,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from audio_dcls.io import atomic_write
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 AUDIOSET_LABELS_CSV = DATA_DIR / "class_labels_indices.csv"
 AUDIOSET_ONTOLOGY_JSON = DATA_DIR / "ontology.json"
-AUDIOSET_LABELS_MD5 = "68c0b5c199d6cc789852b144cc3ab500"
 AUDIOSET_NUM_CLASSES = 527
+AUDIOSET_LABEL_SET = f"audioset-{AUDIOSET_NUM_CLASSES}"  # the label-set name releases and model cfgs carry
 LABELS_CSV_HEADER = ("index", "mid", "display_name")
 
 
@@ -67,13 +69,9 @@ class LabelVocabulary:
     def mids(self) -> tuple[str, ...]:
         return self._mids
 
-    ids = mids
-
     @property
     def display_names(self) -> tuple[str, ...]:
         return self._names
-
-    names = display_names
 
     def __len__(self) -> int:
         return len(self._mids)
@@ -112,10 +110,6 @@ class LabelVocabulary:
     def display_name(self, index: int) -> str:
         return self._names[index]
 
-    def name_of(self, key: str) -> str:
-        """Display name of an id (or of a display name, i.e. itself)."""
-        return self._names[self.index(key)]
-
     # --- multi-hot encoding -------------------------------------------------------
     def encode(self, labels: Iterable[str], strict: bool = True) -> np.ndarray:
         """Ids or display names -> (C,) float32 multi-hot. strict=False skips unknown labels."""
@@ -151,13 +145,10 @@ class LabelVocabulary:
         return "\n".join(lines) + "\n"
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write ``index,mid,display_name`` (atomically: temp file + rename)."""
+        """Write ``index,mid,display_name`` (atomically and durably)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.to_csv_text(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, self.to_csv_text())
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "LabelVocabulary":
@@ -209,6 +200,11 @@ class LabelVocabulary:
     def is_audioset(self) -> bool:
         return self == audioset_vocabulary()
 
+    @property
+    def label_set(self) -> str:
+        """The name releases record: ``audioset-527``, or ``custom-C:<fingerprint prefix>``."""
+        return AUDIOSET_LABEL_SET if self.is_audioset else f"custom-{len(self)}:{self.fingerprint()[:12]}"
+
     @classmethod
     def from_labels(cls, labels: Iterable[str]) -> "LabelVocabulary":
         """A custom vocabulary of the distinct labels, sorted (stable across runs)."""
@@ -223,10 +219,6 @@ def audioset_vocabulary() -> LabelVocabulary:
     if len(vocab) != AUDIOSET_NUM_CLASSES:
         raise RuntimeError(f"{AUDIOSET_LABELS_CSV} has {len(vocab)} classes, expected {AUDIOSET_NUM_CLASSES}")
     return vocab
-
-
-def audioset_labels_md5() -> str:
-    return hashlib.md5(AUDIOSET_LABELS_CSV.read_bytes()).hexdigest()
 
 
 class AudioSetOntology:
@@ -259,9 +251,6 @@ class AudioSetOntology:
         self._node(mid)
         return self._parents[mid]
 
-    def children(self, mid: str) -> tuple[str, ...]:
-        return tuple(self._node(mid).get("child_ids", ()))
-
     def ancestors(self, mid: str) -> list[str]:
         """Every node above ``mid`` (parents first, breadth-first, no repeats)."""
         self._node(mid)
@@ -277,26 +266,6 @@ class AudioSetOntology:
                     nxt.extend(self._parents[p])
             frontier = nxt
         return out
-
-    def is_abstract(self, mid: str) -> bool:
-        return "abstract" in self._node(mid).get("restrictions", [])
-
-    def is_blacklisted(self, mid: str) -> bool:
-        return "blacklist" in self._node(mid).get("restrictions", [])
-
-    def roots(self) -> list[str]:
-        return [m for m, p in self._parents.items() if not p]
-
-    def ancestor_matrix(self, vocabulary: LabelVocabulary | None = None) -> np.ndarray:
-        """(C, C) bool: [i, j] is True when class j is an ancestor of class i (both in the vocabulary)."""
-        vocab = vocabulary or audioset_vocabulary()
-        m = np.zeros((len(vocab), len(vocab)), dtype=bool)
-        for i, mid in enumerate(vocab.mids):
-            if mid in self.nodes:
-                for a in self.ancestors(mid):
-                    if a in vocab:
-                        m[i, vocab.index(a)] = True
-        return m
 
 
 @functools.lru_cache(maxsize=1)

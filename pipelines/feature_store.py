@@ -13,10 +13,10 @@ Layout of a store folder::
     skipped.csv               id,reason for every clip left out
     manifest.json             written last by finalize: the store is complete
 
-Each shard is written to a temporary name, fsynced and renamed, and its JSON record
-goes last, so a shard either exists completely or not at all; a rerun after a crash
-(or SIGKILL) keeps the finished shards and redoes the rest. Why .npy shards: see
-``/tmp/team/data_readme.md`` / README "Feature store".
+Each file is written through ``audio_dcls.io`` (a temporary name, fsynced, renamed,
+the folder fsynced) and a shard's JSON record goes last, so a shard either exists
+completely or not at all; a rerun after a crash (or SIGKILL) keeps the finished
+shards and redoes the rest. Why .npy shards: README, "Sources and the feature store".
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from audio_dcls.features import LogMelConfig
+from audio_dcls.io import atomic_open, atomic_path, atomic_write, atomic_write_json, fsync_dir, remove_stale_temp_files
 from audio_dcls.labels import LabelVocabulary
 
 log = logging.getLogger(__name__)
@@ -67,33 +68,12 @@ class _HashingWriter:
         return self.f.write(mv)
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
 def save_npy_atomic(path: Path, array: np.ndarray) -> tuple[str, int]:
-    """np.save to a temp file, fsync, rename; returns (sha256 hex, size in bytes)."""
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
+    """np.save through audio_dcls.io.atomic_open; returns (sha256 hex, size in bytes)."""
+    with atomic_open(path, "wb") as f:
         w = _HashingWriter(f)
         np.lib.format.write_array(w, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return w.sha.hexdigest(), w.nbytes
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def sha256_file(path: Path, block: int = 1 << 22) -> str:
@@ -239,20 +219,13 @@ def write_shard(folder: Path, index: int, ids: Sequence[str], features: np.ndarr
         "targets": {"file": f"{stem}.targets.npy", "sha256": tsha, "bytes": tbytes, "shape": list(targets.shape), "dtype": "uint8"},
         **(extra or {}),
     }
-    write_json_atomic(shards / f"{stem}.json", record)
+    atomic_write_json(shards / f"{stem}.json", record)
     return record
 
 
-def remove_stale_temp_files(folder: Path) -> int:
-    """Delete the temp files a killed run left behind."""
-    n = 0
-    for d in (Path(folder), Path(folder) / SHARD_DIR):
-        if d.is_dir():
-            for p in d.iterdir():
-                if ".tmp-" in p.name:
-                    p.unlink(missing_ok=True)
-                    n += 1
-    return n
+def remove_stale_store_temps(folder: Path) -> int:
+    """Delete the temp files a killed build left in the store and its shard folder."""
+    return sum(remove_stale_temp_files(d) for d in (Path(folder), Path(folder) / SHARD_DIR))
 
 
 # ----------------------------------------------------------------------------------
@@ -276,13 +249,13 @@ def finalize_store(folder: Path) -> dict:
         raise StoreError(f"{folder}: some clip ids occur in more than one shard")
     skipped = [tuple(x) for x in plan.missing] + [tuple(s) for r in records for s in r["skipped"]]
     ids_text = "".join(f"{i}\n" for i in ids)
-    write_text_atomic(folder / "ids.txt", ids_text)
+    atomic_write(folder / "ids.txt", ids_text)
     plan.vocabulary.to_csv(folder / "labels.csv")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "reason"])
     w.writerows(skipped)
-    write_text_atomic(folder / "skipped.csv", buf.getvalue())
+    atomic_write(folder / "skipped.csv", buf.getvalue())
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -307,8 +280,19 @@ def finalize_store(folder: Path) -> dict:
             for r in records
         ],
     }
-    write_json_atomic(folder / "manifest.json", manifest)
+    atomic_write_json(folder / "manifest.json", manifest)
     return manifest
+
+
+def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
+    if not copy:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or no hard links there
+            pass
+    with atomic_path(dst) as tmp:
+        shutil.copy2(src, tmp)
 
 
 def merge_parts(out: Path, parts: Sequence[Path], copy: bool = False) -> dict:
@@ -346,16 +330,10 @@ def merge_parts(out: Path, parts: Sequence[Path], copy: bool = False) -> dict:
         for k in plan.shards_of_part():
             for suffix in (".features.npy", ".targets.npy", ".json"):
                 src = p / SHARD_DIR / f"{shard_stem(k)}{suffix}"
-                dst = out / SHARD_DIR / src.name
-                if copy:
-                    shutil.copy2(src, dst)
-                else:
-                    try:
-                        os.link(src, dst)
-                    except OSError:
-                        shutil.copy2(src, dst)
+                _link_or_copy(src, out / SHARD_DIR / src.name, copy)
+    fsync_dir(out / SHARD_DIR)
     merged = Plan(first.frontend, first.vocabulary, first.source, first.fingerprint, first.num_clips, first.shard_size, (0, 1), first.missing)
-    write_json_atomic(out / "plan.json", merged.to_dict())
+    atomic_write_json(out / "plan.json", merged.to_dict())
     return finalize_store(out)
 
 
@@ -478,7 +456,6 @@ class FeatureStore(_Dataset):
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         if self._offsets[-1] != len(self.ids) or len(self.ids) != self.manifest["num_clips"]:
             raise StoreError(f"{self.folder}: ids.txt and the shard counts disagree; run `python -m pipelines.precompute verify {self.folder}`")
-        self._index = None
         self._labels = None
         self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
         self._pid = os.getpid()
@@ -519,13 +496,9 @@ class FeatureStore(_Dataset):
             self._labels = np.concatenate(parts) if parts else np.zeros((0, C), np.uint8)
         return self._labels
 
-    def index_of(self, clip_id: str) -> int:
-        if self._index is None:
-            self._index = {cid: i for i, cid in enumerate(self.ids)}
-        try:
-            return self._index[clip_id]
-        except KeyError:
-            raise KeyError(f"clip {clip_id!r} is not in {self.folder}") from None
+    def close(self) -> None:
+        """Drop the memory maps (and the file descriptors they hold); they reopen when read."""
+        self._maps = OrderedDict()
 
     def _map(self, shard: int, kind: str) -> np.ndarray:
         """Memory map of a shard's features or targets (LRU: each map holds a file descriptor)."""

@@ -36,14 +36,13 @@ from typing import Callable
 
 import numpy as np
 
+from audio_dcls.io import atomic_open, atomic_write, atomic_write_json
 from audio_dcls.labels import AUDIOSET_LABELS_CSV, audioset_vocabulary
 from pipelines.sources import Segment, write_segments_csv
 
 log = logging.getLogger("pipelines.make_mini_audioset")
 
 SAMPLE_RATE = 32000
-TRAIN_CSV = "balanced_train_segments.csv"
-EVAL_CSV = "eval_segments.csv"
 AUDIO_DIR = "audio"
 STAMP = "mini_audioset.json"
 GENERATOR_VERSION = 1  # bump when the synthesis changes, so stale folders are rebuilt
@@ -350,9 +349,8 @@ def _render_and_write(job: tuple[ClipSpec, str]) -> str:
 
     spec, path = job
     x = render_clip(spec)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    sf.write(tmp, x, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        sf.write(f, x, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return path
 
 
@@ -399,7 +397,7 @@ def build_mini_audioset(out: str | os.PathLike, seed: int = 0, n_train: int = 38
         segs = [Segment(s.ytid, s.start, s.start + 10.0, tuple(vocab.mid(vocab.index(CLASSES[c].display_name)) for c in s.classes)) for s in specs]
         write_segments_csv(out / f"{name}.csv", segs)
         jobs += [(s, str(folder / f"Y{s.ytid}.flac")) for s in specs]
-    shutil.copyfile(AUDIOSET_LABELS_CSV, out / "class_labels_indices.csv")
+    atomic_write(out / "class_labels_indices.csv", AUDIOSET_LABELS_CSV.read_bytes())
     workers = workers or min(len(jobs), max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
     if workers == 1:
         for j in jobs:
@@ -409,8 +407,8 @@ def build_mini_audioset(out: str | os.PathLike, seed: int = 0, n_train: int = 38
         with ctx.Pool(workers) as pool:
             for _ in pool.imap_unordered(_render_and_write, jobs, chunksize=4):
                 pass
-    (out / "README.md").write_text(_readme(description), encoding="utf-8")
-    stamp.write_text(json.dumps(description, indent=1) + "\n")
+    atomic_write(out / "README.md", _readme(description))
+    atomic_write_json(stamp, description)  # last: the folder is complete
     return description
 
 

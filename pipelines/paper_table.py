@@ -40,14 +40,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from audio_dcls.io import atomic_write
+
 log = logging.getLogger("pipelines.paper_table")
 
 # The six models of the paper, in the paper's order: (model name, DSC/DCLS).
-PAPER_ORDER = [
+PAPER_ORDER = (
     "convnext_tiny_audio", "convnext_tiny_dcls_audio",
     "convformer_s18_audio", "convformer_s18_dcls_audio",
     "fastvit_sa24_audio", "fastvit_sa24_dcls_audio",
-]
+)
 FAMILY_NAMES = {"convnext": "ConvNeXt", "convformer": "ConvFormer", "fastvit": "FastViT"}
 
 
@@ -151,14 +153,14 @@ def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
 
 def measure_throughput(model_name: str, model_args: Dict, device: str, batch_size: int, iters: int, frames: int = 1001) -> float:
     """Clips per second of the inference form, after warm-up."""
-    import timm
     import torch
 
-    import audio_dcls  # noqa: F401
+    from audio_dcls.labels import AUDIOSET_NUM_CLASSES
+    from audio_dcls.model_factory import build_model
     from audio_dcls.models import prepare_for_inference
 
     torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False, **model_args).to(device)
+    model = build_model(model_name, model_args, model_args.get("num_classes", AUDIOSET_NUM_CLASSES)).to(device)
     prepare_for_inference(model)
     x = torch.randn(batch_size, 1, 128, frames, device=device)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
@@ -227,15 +229,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        if not args.no_throughput and args.device.startswith("cuda"):
-            import torch
+        device = None
+        if not args.no_throughput:
+            from audio_dcls.device import resolve_device
 
-            if not torch.cuda.is_available():
-                raise TableError("--device cuda, but CUDA is not available here (use --device cpu or --no-throughput)")
-        text = build_table(args.folders, None if args.no_throughput else args.device, args.batch_size, args.iters)
+            device = str(resolve_device(args.device))
+        text = build_table(args.folders, device, args.batch_size, args.iters)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text, encoding="utf-8")
+            atomic_write(args.out, text)
         print(text, end="")
         if args.out:
             print(f"wrote {args.out}")

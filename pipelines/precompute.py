@@ -35,12 +35,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from audio_dcls.audio import AudioDecodeError, pad_or_trim
 from audio_dcls.features import LogMelConfig
+from audio_dcls.io import atomic_write_json
 from pipelines.feature_store import (
     SHARD_DIR,
     Plan,
@@ -50,9 +51,8 @@ from pipelines.feature_store import (
     merge_parts,
     parse_part,
     read_shard_record,
-    remove_stale_temp_files,
+    remove_stale_store_temps,
     verify_store,
-    write_json_atomic,
     write_shard,
 )
 from pipelines.sources import AudioSetSource, Clip, ClipSource, CustomCsvSource, PannsHdf5Source
@@ -102,56 +102,69 @@ class BuildReport:
 
 
 # ----------------------------------------------------------------------------------
-# the per-process shard builder
+# the shard builder
 # ----------------------------------------------------------------------------------
-_WORKER: dict = {}
+class ShardBuilder:
+    """Decodes clips, computes their log-mels and writes them as one shard.
+
+    Picklable: a process pool sends it with each task, and the copy builds its own
+    front end where it runs (the module keeps no per-process state).
+    """
+
+    def __init__(self, frontend: LogMelConfig, folder: Path):
+        self.frontend = frontend
+        self.folder = Path(folder)
+        self._logmel = None
+
+    def __getstate__(self):
+        d = self.__dict__.copy()
+        d["_logmel"] = None
+        return d
+
+    def __call__(self, task: tuple[int, list[Clip]]) -> dict:
+        return self.build(*task)
+
+    def build(self, index: int, clips: list[Clip], on_clip: Callable[[], None] | None = None) -> dict:
+        """Decode, compute and write shard ``index``; returns its summary."""
+        import torch
+
+        from audio_dcls.features import LogMel
+
+        if self._logmel is None:
+            self._logmel = LogMel(self.frontend).eval()
+        cfg = self.frontend
+        n_samples = int(round(cfg.clip_seconds * cfg.sample_rate))
+        C = clips[0].num_classes if clips else 0
+        feats = np.empty((len(clips), cfg.n_mels, cfg.num_frames), dtype=np.float16)
+        targets = np.zeros((len(clips), C), dtype=np.uint8)
+        ids, skipped, trimmed = [], [], 0
+        for clip in clips:
+            try:
+                x = clip.load(cfg.sample_rate)
+                if len(x) > n_samples + cfg.hop_length:
+                    trimmed += 1
+                x = pad_or_trim(x, n_samples)
+                with torch.inference_mode():
+                    m = self._logmel(torch.from_numpy(x).unsqueeze(0))  # (1, 1, F, T)
+                row = len(ids)
+                torch.from_numpy(feats[row]).copy_(m[0, 0])  # torch's float16 cast is ~30x faster than numpy's
+                targets[row, list(clip.labels)] = 1
+                ids.append(clip.id)
+            except AudioDecodeError as e:
+                skipped.append((clip.id, f"undecodable: {e.reason}"))
+            except OSError as e:
+                skipped.append((clip.id, f"unreadable: {e.strerror or e}"))
+            if on_clip is not None:
+                on_clip()
+        n = len(ids)
+        write_shard(self.folder, index, ids, feats[:n], targets[:n], skipped, extra={"trimmed": trimmed})
+        return {"shard": index, "written": n, "skipped": skipped, "trimmed": trimmed, "clips": len(clips)}
 
 
-def _init_worker(frontend: dict, counter=None) -> None:
+def _init_pool_worker() -> None:
     import torch
-
-    from audio_dcls.features import LogMel
 
     torch.set_num_threads(1)  # one core per worker process; parallelism comes from --workers
-    _WORKER["logmel"] = LogMel(LogMelConfig.from_dict(frontend)).eval()
-    _WORKER["counter"] = counter
-
-
-def _build_shard(task: tuple[int, list[Clip], str]) -> dict:
-    """Decode, compute and write one shard; returns its summary."""
-    import torch
-
-    index, clips, folder = task
-    lm = _WORKER["logmel"]
-    counter = _WORKER.get("counter")
-    cfg: LogMelConfig = lm.config
-    n_samples = int(round(cfg.clip_seconds * cfg.sample_rate))
-    C = clips[0].num_classes if clips else 0
-    feats = np.empty((len(clips), cfg.n_mels, cfg.num_frames), dtype=np.float16)
-    targets = np.zeros((len(clips), C), dtype=np.uint8)
-    ids, skipped, trimmed = [], [], 0
-    for clip in clips:
-        try:
-            x = clip.load(cfg.sample_rate)
-            if len(x) > n_samples + cfg.hop_length:
-                trimmed += 1
-            x = pad_or_trim(x, n_samples)
-            with torch.inference_mode():
-                m = lm(torch.from_numpy(x).unsqueeze(0))  # (1, 1, F, T)
-            row = len(ids)
-            torch.from_numpy(feats[row]).copy_(m[0, 0])  # torch's float16 cast is ~30x faster than numpy's
-            targets[row, list(clip.labels)] = 1
-            ids.append(clip.id)
-        except AudioDecodeError as e:
-            skipped.append((clip.id, f"undecodable: {e.reason}"))
-        except OSError as e:
-            skipped.append((clip.id, f"unreadable: {e.strerror or e}"))
-        if counter is not None:
-            with counter.get_lock():
-                counter.value += 1
-    n = len(ids)
-    write_shard(Path(folder), index, ids, feats[:n], targets[:n], skipped, extra={"trimmed": trimmed})
-    return {"shard": index, "written": n, "skipped": skipped, "trimmed": trimmed, "clips": len(clips)}
 
 
 def _default_workers() -> int:
@@ -195,55 +208,26 @@ def build_feature_store(
         part=part,
         missing=[list(m) for m in source.missing],
     )
-    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    if (out / "plan.json").exists():
-        old = Plan.read(out)
-        if not (old.same_inputs(plan) and old.part == plan.part):
-            if not overwrite:
-                raise StoreError(
-                    f"{out} holds a feature store built from other inputs or settings; use a new folder or pass --overwrite"
-                )
-            _clear_store(out)
-            (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    elif any((out / SHARD_DIR).iterdir()) and not overwrite:
-        raise StoreError(f"{out}/{SHARD_DIR} has files but no plan.json; use a new folder or pass --overwrite")
-    elif overwrite:
-        _clear_store(out)
-        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temp_files(out)
-    if stale:
-        log.info("removed %d temporary files left by an interrupted run", stale)
-    write_json_atomic(out / "plan.json", plan.to_dict())
+    _prepare_folder(out, plan, overwrite)
 
     mine = plan.shards_of_part()
     kept_records = {k: r for k in mine if (r := read_shard_record(out, k)) is not None}
     pending = [k for k in mine if k not in kept_records]
     clips = source.clips
-    tasks = [(k, clips[k * shard_size : (k + 1) * shard_size], str(out)) for k in pending]
+    tasks = [(k, clips[k * shard_size : (k + 1) * shard_size]) for k in pending]
     todo = sum(len(t[1]) for t in tasks)
     if kept_records:
         log.info("resuming: %d of %d shards already finished", len(kept_records), len(mine))
 
     from tqdm import tqdm
 
-    results = []
+    builder = ShardBuilder(frontend, out)
     bar = tqdm(total=todo, unit="clip", desc="log-mels", disable=(None if progress is None else not progress), dynamic_ncols=True)
     try:
         if workers == 1 or len(tasks) <= 1:
-            import torch
-
-            threads = torch.get_num_threads()
-            _init_worker(frontend.to_dict())
-            try:
-                for t in tasks:
-                    r = _build_shard(t)
-                    bar.update(r["clips"])
-                    results.append(r)
-            finally:
-                _WORKER.clear()
-                torch.set_num_threads(threads)  # in-process run: leave the caller's setting as it was
+            results = _run_in_process(builder, tasks, bar)
         else:
-            results = _run_pool(tasks, frontend, min(workers, len(tasks)), bar)
+            results = _run_pool(builder, tasks, min(workers, len(tasks)), bar)
     finally:
         bar.close()
 
@@ -271,7 +255,39 @@ def build_feature_store(
     return report
 
 
-def _run_pool(tasks, frontend: LogMelConfig, workers: int, bar) -> list[dict]:
+def _prepare_folder(out: Path, plan: Plan, overwrite: bool) -> None:
+    """Keep a folder of the same plan (to resume), clear or refuse one of another, write plan.json."""
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    if (out / "plan.json").exists():
+        old = Plan.read(out)
+        if not (old.same_inputs(plan) and old.part == plan.part):
+            if not overwrite:
+                raise StoreError(f"{out} holds a feature store built from other inputs or settings; use a new folder or pass --overwrite")
+            _clear_store(out)
+            (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    elif any((out / SHARD_DIR).iterdir()) and not overwrite:
+        raise StoreError(f"{out}/{SHARD_DIR} has files but no plan.json; use a new folder or pass --overwrite")
+    elif overwrite:
+        _clear_store(out)
+        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_store_temps(out)
+    if stale:
+        log.info("removed %d temporary files left by an interrupted run", stale)
+    atomic_write_json(out / "plan.json", plan.to_dict())
+
+
+def _run_in_process(builder: ShardBuilder, tasks, bar) -> list[dict]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [builder.build(k, clips, on_clip=lambda: bar.update(1)) for k, clips in tasks]
+    finally:
+        torch.set_num_threads(threads)  # in-process run: leave the caller's setting as it was
+
+
+def _run_pool(builder: ShardBuilder, tasks, workers: int, bar) -> list[dict]:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
@@ -279,17 +295,16 @@ def _run_pool(tasks, frontend: LogMelConfig, workers: int, bar) -> list[dict]:
     # which also keeps OpenMP out of forked children. Unlike multiprocessing.Pool, the
     # executor notices a worker that dies (OOM killer) instead of waiting for it forever.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    counter = ctx.Value("q", 0)
     results = []
-    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(frontend.to_dict(), counter))
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker)
     try:
-        pending = {ex.submit(_build_shard, t) for t in tasks}
+        pending = {ex.submit(builder, t) for t in tasks}
         while pending:
-            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
-                results.append(f.result())  # re-raises a worker's exception here
-            bar.n = counter.value
-            bar.refresh()
+                r = f.result()  # re-raises a worker's exception here
+                results.append(r)
+                bar.update(r["clips"])
     except BrokenProcessPool:
         ex.shutdown(wait=False, cancel_futures=True)
         raise StoreError("a worker process died (out of memory?); the finished shards are kept, rerun the same command to resume") from None

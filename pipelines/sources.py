@@ -15,7 +15,9 @@ copies lack 5-10 % of their YouTube clips; that is reported, never fatal).
   ``waveform`` int16 (N, 320000) at 32 kHz, ``target`` bool (N, 527)); see
   :func:`write_panns_hdf5` for the writer.
 * :class:`CustomCsvSource` -- a folder plus a CSV ``path,labels`` (labels separated by
-  ``;``, any vocabulary); the vocabulary is kept next to the CSV as ``labels.csv``.
+  ``;``, any vocabulary: given, or derived from the CSV; kept by the feature store).
+
+Constructing a source only reads: it never writes into the user's folders.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from audio_dcls.audio import AUDIO_EXTENSIONS, MAX_DURATION_S, load_audio, resample
+from audio_dcls.io import atomic_path, atomic_write
 from audio_dcls.labels import LabelVocabulary, audioset_vocabulary
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ class Clip:
     path: str | None = None  # an audio file, decoded with audio_dcls.audio.load_audio
     h5_path: str | None = None  # a PANNs pack and the row in it
     h5_row: int | None = None
+    h5: "Hdf5Packs | None" = field(default=None, compare=False, repr=False)  # the source's open packs
     waveform: np.ndarray | None = field(default=None, compare=False)  # in-memory samples
     sample_rate: int | None = None  # rate of h5/in-memory samples
 
@@ -70,7 +74,7 @@ class Clip:
         if self.path is not None:
             return load_audio(self.path, target_sr=target_sr, max_seconds=max_seconds)
         if self.h5_path is not None:
-            x = _h5_waveform(self.h5_path, self.h5_row)
+            x = self.h5.waveform(self.h5_path, self.h5_row)
         elif self.waveform is not None:
             x = np.asarray(self.waveform)
         else:
@@ -92,18 +96,36 @@ def _to_float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
-# h5py handles are per process: a handle opened before fork() must not be used after it.
-_H5_CACHE: dict[tuple[int, str], object] = {}
+class Hdf5Packs:
+    """The open HDF5 packs of one source: opened on first read, in the process that reads.
 
+    h5py handles must not cross a fork (or a pickle): a forked DataLoader or pool worker,
+    or an unpickled copy, starts with no handles and opens its own. :meth:`close` closes
+    the handles this process opened.
+    """
 
-def _h5_waveform(path: str, row: int) -> np.ndarray:
-    import h5py
+    def __init__(self):
+        self._files: dict[str, object] = {}
+        self._pid = os.getpid()
 
-    key = (os.getpid(), path)
-    f = _H5_CACHE.get(key)
-    if f is None:
-        f = _H5_CACHE[key] = h5py.File(path, "r")
-    return f["waveform"][row]
+    def waveform(self, path: str, row: int) -> np.ndarray:
+        import h5py
+
+        if self._pid != os.getpid():  # inherited through fork: the parent's handles are not ours to use or close
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(path)
+        if f is None:
+            f = self._files[path] = h5py.File(path, "r")
+        return f["waveform"][row]
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for f in self._files.values():
+                f.close()
+        self._files = {}
+
+    def __getstate__(self):
+        return {"_files": {}, "_pid": None}
 
 
 class ClipSource:
@@ -134,6 +156,15 @@ class ClipSource:
     def describe(self) -> dict:
         return {"kind": self.kind, **self._description, "clips": len(self), "missing": len(self.missing)}
 
+    def close(self) -> None:
+        """Release open files (HDF5 packs); clips read afterwards open them again."""
+
+    def __enter__(self) -> "ClipSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def fingerprint(self) -> str:
         """sha256 over the ordered (id, labels) list and the vocabulary: same inputs, same plan."""
         h = hashlib.sha256(self.vocabulary.fingerprint().encode())
@@ -141,12 +172,6 @@ class ClipSource:
             h.update(f"{c.id}\t{','.join(map(str, c.labels))}\n".encode())
         return h.hexdigest()
 
-    def labels_matrix(self) -> np.ndarray:
-        """(N, C) uint8 multi-hot matrix of the available clips."""
-        y = np.zeros((len(self), len(self.vocabulary)), dtype=np.uint8)
-        for i, c in enumerate(self._clips):
-            y[i, list(c.labels)] = 1
-        return y
 
 
 # ----------------------------------------------------------------------------------
@@ -219,8 +244,7 @@ def write_segments_csv(path: str | os.PathLike, segments: Sequence[Segment], cre
     ]
     lines += [f'{s.ytid}, {s.start:.3f}, {s.end:.3f}, "{",".join(s.mids)}"' for s in segments]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return atomic_write(path, "\n".join(lines) + "\n")
 
 
 def _close(a: float, b: float) -> bool:
@@ -407,7 +431,7 @@ def write_panns_hdf5(
         raise ValueError(f"{len(audio_names)} names, {len(waveforms)} waveforms and {len(targets)} targets")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("audio_name", data=np.array([n.encode() for n in audio_names], dtype="S"))
         f.create_dataset("waveform", data=waveforms, dtype=np.int16)
         f.create_dataset("target", data=targets, dtype=bool)
@@ -426,6 +450,7 @@ class PannsHdf5Source(ClipSource):
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         vocab = vocabulary or audioset_vocabulary()
+        self._packs = Hdf5Packs()
         clips, dupes, seen = [], [], set()
         rates = set()
         for p in paths:
@@ -455,8 +480,11 @@ class PannsHdf5Source(ClipSource):
                         continue
                     seen.add(cid)
                     labels = tuple(int(i) for i in np.flatnonzero(targets[row]))
-                    clips.append(Clip(cid, labels, len(vocab), h5_path=p, h5_row=row, sample_rate=rate))
+                    clips.append(Clip(cid, labels, len(vocab), h5_path=p, h5_row=row, h5=self._packs, sample_rate=rate))
         super().__init__(clips, vocab, dupes, {"hdf5": [str(Path(p).resolve()) for p in paths], "sample_rate": sorted(rates)})
+
+    def close(self) -> None:
+        self._packs.close()
 
 
 # ----------------------------------------------------------------------------------
@@ -491,10 +519,11 @@ class CustomCsvSource(ClipSource):
     """Your own sounds: ``audio_dir`` (default: the CSV's folder) + CSV ``path,labels``.
 
     The vocabulary is ``vocabulary`` when given (a LabelVocabulary or a labels CSV
-    path); else ``labels.csv`` next to the CSV when it exists (so a train and an eval
-    CSV share one); else the sorted distinct labels of this CSV, written to
-    ``labels.csv`` next to it for the next split to reuse. A label outside a given
-    vocabulary is an error.
+    path; pass a train split's ``STORE/labels.csv`` to an eval split so that their
+    indices agree); else ``labels.csv`` next to the CSV when the dataset ships one;
+    else the sorted distinct labels of this CSV. A label outside a given vocabulary
+    is an error. Nothing is written into the dataset's folder: the vocabulary is kept
+    by what consumes the source (the feature store's ``labels.csv``, the run folder).
     """
 
     kind = "custom_csv"
@@ -515,11 +544,7 @@ class CustomCsvSource(ClipSource):
             notes.append(f"vocabulary read from {vocab_file}")
         else:
             vocab = LabelVocabulary.from_labels(lab for _, labs in rows for lab in labs)
-            try:
-                vocab.to_csv(vocab_file)
-                notes.append(f"vocabulary of {len(vocab)} labels written to {vocab_file}")
-            except OSError as e:
-                notes.append(f"could not write the vocabulary to {vocab_file} ({e.strerror}); it is kept in the feature store")
+            notes.append(f"vocabulary of {len(vocab)} labels taken from {csv_path.name} (pass it to the other splits: --labels STORE/labels.csv)")
         unknown = sorted({lab for _, labs in rows for lab in labs if lab not in vocab._by_mid and lab not in vocab._by_name})
         if unknown:
             shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")

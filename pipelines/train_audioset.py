@@ -39,7 +39,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from audio_dcls.io import atomic_write
 log = logging.getLogger("pipelines.train_audioset")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,10 +127,11 @@ def build_store(inp: SplitInput, out: Path, workers: int, overwrite: bool = Fals
     from pipelines.sources import AudioSetSource, PannsHdf5Source
 
     source = PannsHdf5Source(inp.hdf5) if inp.kind == "hdf5" else AudioSetSource(inp.csv, audio_dir=inp.audio_dir)
-    if len(source) == 0:
-        raise SetupError(f"{inp.describe()}: no clip with audio ({len(source.missing)} listed clips missing)")
-    log.info("feature store %s <- %s: %d clips (%d listed clips have no audio)", out, inp.split, len(source), len(source.missing))
-    report = build_feature_store(source, out, workers=workers, overwrite=overwrite)
+    with source:
+        if len(source) == 0:
+            raise SetupError(f"{inp.describe()}: no clip with audio ({len(source.missing)} listed clips missing)")
+        log.info("feature store %s <- %s: %d clips (%d listed clips have no audio)", out, inp.split, len(source), len(source.missing))
+        report = build_feature_store(source, out, workers=workers, overwrite=overwrite)
     log.info("%s", report.summary().replace("\n", "; "))
     return out
 
@@ -169,14 +170,18 @@ def run_training(config: str, overrides: List[str], nproc: int) -> Dict:
 
 
 def run_evaluation(release: Path, store: Path, out: Path, device: str, workers: int) -> Dict:
-    from pipelines.evaluate import evaluate, load_model, open_data
+    from audio_dcls.device import resolve_device
+    from pipelines.data import open_data
+    from pipelines.evaluate import evaluate, load_model
+    from pipelines.scoring import ScoringOptions
 
-    import torch
-
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     loaded = load_model(release, device=dev)
     data = open_data(str(store), frontend=loaded.frontend)
-    result = evaluate(loaded, data, out, batch_size=64, device=dev, workers=workers)
+    try:
+        result = evaluate(loaded, data, out, ScoringOptions(batch_size=64, device=dev, workers=workers))
+    finally:
+        data.close()
     log.info("evaluation: %s", result.metrics.describe())
     return result.summary
 
@@ -213,7 +218,7 @@ def write_report(path: Path, embedded: bool, release: Path, eval_dir: Path, summ
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write(path, "\n".join(lines))
 
 
 def run_embedded(args, overrides: List[str]) -> int:
@@ -296,10 +301,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from pipelines.evaluate import EvaluationError
     from pipelines.feature_store import StoreError
-    from pipelines.train_config import ConfigError
-
     try:
         if args.nproc < 1:
             raise SetupError("NPROC / --nproc must be >= 1")
@@ -314,7 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("train_audioset: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
-    except (SetupError, ConfigError, EvaluationError, StoreError, ValueError, OSError) as e:
+    except (SetupError, StoreError, ValueError, OSError) as e:  # ConfigError, DataError, EvaluationError are ValueErrors
         print(f"train_audioset: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
 

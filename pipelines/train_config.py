@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from audio_dcls.io import atomic_write
+
 
 class ConfigError(ValueError):
     """A recipe or override that cannot be used (message fits on one line)."""
@@ -101,7 +103,7 @@ def _format_path(template: str, cfg: TrainConfig, key: str) -> str:
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
-FIELD_NAMES = [f.name for f in fields(TrainConfig)]
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
 def _type_name(tp) -> str:
@@ -259,10 +261,7 @@ def config_from_dict(d: Dict[str, Any]) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def config_differences(old: TrainConfig, new: TrainConfig) -> List[str]:

@@ -22,7 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("eval")
     tr = make_tiny_store(root / "train", n=48, seed=0)
     ev = make_tiny_store(root / "eval", n=24, seed=5)

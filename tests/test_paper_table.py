@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ from tiny_store import make_tiny_store
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("table")
     tr = make_tiny_store(root / "train", n=32, seed=0)
     ev = make_tiny_store(root / "eval", n=16, seed=3)

@@ -84,7 +84,7 @@ def test_build_then_read_back(store, dataset, capsys):
         path = next(audio.glob(f"Yclip{i:07d}.*"))
         np.testing.assert_allclose(ds[i][0][0].numpy(), expected_logmel(path), atol=4e-3)
         np.testing.assert_array_equal(ds.labels[i], VOCAB.encode([VOCAB.mid(i % 527), VOCAB.mid((i * 7 + 1) % 527)]))
-    assert ds[-1][0].shape == x.shape and ds.index_of("clip0000003") == 3
+    assert ds[-1][0].shape == x.shape and ds.ids.index("clip0000003") == 3
     with pytest.raises(IndexError):
         ds[9]
     fp16 = FeatureStore(store, feature_dtype=torch.float16)
@@ -177,7 +177,7 @@ def test_resume_after_sigkill_has_every_clip_exactly_once(tmp_path):
     for i in (0, 39):  # one shard from the killed run, one from the rerun
         path = next(audio.glob(f"Yclip{i:07d}.*"))
         ref = LogMel(cfg).compute(pad_or_trim(load_audio(path), 64000))
-        np.testing.assert_allclose(ds[ds.index_of(f"clip{i:07d}")][0][0].numpy(), ref, atol=4e-3)
+        np.testing.assert_allclose(ds[ds.ids.index(f"clip{i:07d}")][0][0].numpy(), ref, atol=4e-3)
 
 
 def test_other_inputs_in_the_same_folder_are_refused(dataset, store, tmp_path, capsys):

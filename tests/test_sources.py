@@ -1,11 +1,14 @@
 """pipelines.sources: official CSVs, AudioSet file naming, manifests, PANNs HDF5, custom CSVs."""
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from audio_dcls.labels import LabelVocabulary, audioset_vocabulary
 from pipelines.sources import (
@@ -19,6 +22,14 @@ from pipelines.sources import (
     write_panns_hdf5,
     write_segments_csv,
 )
+
+def _labels_matrix(src) -> np.ndarray:
+    """(N, C) uint8 multi-hot matrix of a source's clips."""
+    y = np.zeros((len(src), len(src.vocabulary)), dtype=np.uint8)
+    for i, c in enumerate(src):
+        y[i, list(c.labels)] = 1
+    return y
+
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "audioset"
 needs_shared = pytest.mark.skipif(not (SHARED / "eval_segments.csv").exists(), reason="../shared/audioset not present")
@@ -160,13 +171,47 @@ def test_panns_hdf5_round_trip(tmp_path):
     write_panns_hdf5(tmp_path / "pack.h5", names, wav, tgt)
     src = PannsHdf5Source(tmp_path / "pack.h5")
     assert [c.id for c in src] == ["--PJHxphWEs", "abcdefghijk", "custom_name"]
-    np.testing.assert_array_equal(src.labels_matrix(), tgt.astype(np.uint8))
+    np.testing.assert_array_equal(_labels_matrix(src), tgt.astype(np.uint8))
     np.testing.assert_allclose(src[0].load(32000), wav[0] / 32768.0, atol=1e-7)
     assert len(src[2].load(16000)) == 1600  # resampled from the pack's 32 kHz
     # a second pack with a repeated clip: first occurrence kept, the repeat reported
     write_panns_hdf5(tmp_path / "pack2.h5", ["Yabcdefghijk.wav"], wav[:1], tgt[:1])
     both = PannsHdf5Source([tmp_path / "pack.h5", tmp_path / "pack2.h5"])
     assert len(both) == 3 and both.missing[0].id == "abcdefghijk"
+
+
+class _Waveforms(torch.utils.data.Dataset):
+    """Reads clips in DataLoader workers, and says which process's handles it used."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        clip = self.source[i]
+        x = clip.load(32000)
+        return torch.from_numpy(x), clip.h5._pid == os.getpid(), len(clip.h5._files)
+
+
+def test_panns_handles_are_owned_per_process_and_closed(tmp_path):
+    rng = np.random.default_rng(1)
+    wav = (rng.standard_normal((4, 800)) * 3000).astype(np.int16)
+    write_panns_hdf5(tmp_path / "pack.h5", [f"c{i}.wav" for i in range(4)], wav, np.zeros((4, 527), bool))
+    with PannsHdf5Source(tmp_path / "pack.h5") as src:
+        src[0].load(32000)  # the parent opens the pack before the workers fork
+        (handle,) = src[0].h5._files.values()
+        loader = torch.utils.data.DataLoader(_Waveforms(src), batch_size=None, num_workers=2, multiprocessing_context="fork")
+        for i, (x, own, n_open) in enumerate(loader):
+            np.testing.assert_allclose(x.numpy(), wav[i] / 32768.0, atol=1e-7)
+            assert own and n_open == 1  # each worker opened its own handle, the parent's was not used
+        assert handle.id.valid  # ... nor closed by the workers
+        np.testing.assert_allclose(src[3].load(32000), wav[3] / 32768.0, atol=1e-7)
+        copy = pickle.loads(pickle.dumps(src))  # a spawned worker's copy starts without handles
+        assert copy[1].h5._files == {} and np.allclose(copy[1].load(32000), wav[1] / 32768.0, atol=1e-7)
+        copy.close()
+    assert not handle.id.valid and src[0].h5._files == {}  # closed by the source that opened it
 
 
 def test_panns_hdf5_rejects_other_files(tmp_path):
@@ -185,23 +230,31 @@ def test_panns_hdf5_rejects_other_files(tmp_path):
     assert clip_id_from_audio_name("Y--PJHxphWEs.wav") == "--PJHxphWEs" and clip_id_from_audio_name("a/b.wav") == "b"
 
 
-def test_custom_csv_writes_and_reuses_its_vocabulary(tmp_path):
+def test_custom_csv_vocabulary_given_shipped_or_derived_and_nothing_written(tmp_path):
     for name in ("dog1.wav", "cat1.wav", "both.wav", "sub/quiet.wav"):
         _tiny_wav(tmp_path / name)
     (tmp_path / "train.csv").write_text("path,labels\ndog1.wav,dog\ncat1.wav,cat\nboth.wav,dog; cat\nsub/quiet.wav,\nmissing.wav,dog\ndog1.wav,cat\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
     src = CustomCsvSource(tmp_path / "train.csv")
     assert src.vocabulary.mids == ("cat", "dog")
-    assert LabelVocabulary.from_csv(tmp_path / "labels.csv") == src.vocabulary  # written next to the CSV
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written into the user's folder
     assert {c.id: c.labels for c in src} == {"dog1.wav": (1,), "cat1.wav": (0,), "both.wav": (0, 1), "sub/quiet.wav": ()}
     reasons = {m.id: m.reason for m in src.missing}
     assert reasons["missing.wav"].startswith("audio file not found") and reasons["dog1.wav"].startswith("listed twice")
-    # the eval split reads the same labels.csv, so indices agree
+    # an eval split given the training vocabulary (or its labels.csv) indexes the same way
     (tmp_path / "eval.csv").write_text("path,labels\nboth.wav,cat\n")
-    ev = CustomCsvSource(tmp_path / "eval.csv")
+    assert CustomCsvSource(tmp_path / "eval.csv").vocabulary == LabelVocabulary(["cat"])  # its own labels otherwise
+    ev = CustomCsvSource(tmp_path / "eval.csv", vocabulary=src.vocabulary)
     assert ev.vocabulary == src.vocabulary and ev[0].labels == (0,)
+    src.vocabulary.to_csv(tmp_path / "store" / "labels.csv")
+    assert CustomCsvSource(tmp_path / "eval.csv", vocabulary=tmp_path / "store" / "labels.csv").vocabulary == src.vocabulary
+    # a labels.csv the dataset ships next to its CSV is read
+    src.vocabulary.to_csv(tmp_path / "labels.csv")
+    assert CustomCsvSource(tmp_path / "eval.csv").vocabulary == src.vocabulary
+    (tmp_path / "labels.csv").unlink()
     (tmp_path / "bad.csv").write_text("path,labels\nboth.wav,cow;dog\n")
     with pytest.raises(ValueError, match="1 labels are not in the 2-class vocabulary: cow"):
-        CustomCsvSource(tmp_path / "bad.csv")
+        CustomCsvSource(tmp_path / "bad.csv", vocabulary=src.vocabulary)
     # an explicit vocabulary (here AudioSet display names) also works
     (tmp_path / "as.csv").write_text("path,labels\nboth.wav,Speech;Dial tone\n")
     a = CustomCsvSource(tmp_path / "as.csv", vocabulary=audioset_vocabulary())

@@ -3,7 +3,7 @@ after SIGKILL, non-finite loss, and the release folder round trip."""
 from __future__ import annotations
 
 import csv
-import math
+import json
 import os
 import re
 import signal
@@ -12,23 +12,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from pipelines.train import (
-    GlobalBatchSampler,
-    WarmupCosine,
-    build_model,
-    build_optimizer,
-    main,
-    mixup,
-    read_checkpoint,
-    smooth_labels,
-    train,
-)
+from audio_dcls.labels import LabelVocabulary
+from pipelines.checkpoints import read_checkpoint
+from pipelines.optim import WarmupCosine, build_optimizer
+from pipelines.sampling import GlobalBatchSampler
+from pipelines.train import main, train
 from pipelines.train_config import ConfigError, load_config
+from pipelines.train_state import build_training_model
+from pipelines.train_step import mixup, smooth_labels
 from tiny_store import TINY_MODEL_ARGS, make_tiny_store, tiny_frontend
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,7 +112,7 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
 # ----------------------------------------------------------------------------------
 def test_warmup_cosine_honours_lr_scale():
     cfg = load_config(None, TINY + ["train=x", "lr=4e-3", "min_lr=1e-6", "warmup_lr=1e-6", "weight_decay=0.05"])
-    model, _, _ = build_model(cfg, 5)
+    model = build_training_model(cfg, 5)
     opt = build_optimizer(model, cfg)
     groups = {g["group"]: g for g in opt.param_groups}
     assert set(groups) == {"decay", "no_decay", "positions"}
@@ -164,8 +159,9 @@ def _train_args(run: Path, stores, *extra):
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, stores):
-    """An uninterrupted 2-epoch run (in this process), the reference for resume."""
+def full_run(tmp_path_factory, stores, one_thread):
+    """An uninterrupted 2-epoch run (in this process, on one thread like the CLI runs with
+    threads=1), the reference for resume."""
     run = tmp_path_factory.mktemp("full") / "run"
     cfg = load_config(None, _train_args(run, stores))
     summary = train(cfg, progress=False)
@@ -201,6 +197,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, stores, full_r
     assert _steps(run) == _steps(ref_run)  # the same loss at every step, bit for bit
     with open(run / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
+    # the CLI logs into the run folder, both the killed run and its resumption
+    log_text = (run / "train.log").read_text()
+    assert "convnext_atto_dcls_audio:" in log_text and f"resumed {run / 'last.pt'}" in log_text
 
 
 def test_resume_guards(full_run, stores):
@@ -211,7 +210,7 @@ def test_resume_guards(full_run, stores):
         train(load_config(None, _train_args(run, stores, "lr=1e-3")), resume=True, progress=False)
 
 
-def test_ddp_two_processes_match_one_process(tmp_path, stores):
+def test_ddp_two_processes_match_one_process(tmp_path, stores, one_thread):
     common = TINY + [f"train=[{stores['train64']}]", f"eval={stores['eval']}", "epochs=2", "effective_batch=16"]
     single = tmp_path / "single"
     train(load_config(None, common + [f"output_dir={single}"]), progress=False)  # 1 process x 2 accumulation steps
@@ -250,10 +249,32 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, stores, 
     assert not (run / "release").exists()
 
 
+def test_evaluation_during_training_is_the_evaluate_path(tmp_path, stores, one_thread, capsys):
+    """Front-end check and label alignment, as in pipelines.evaluate: an eval store of other
+    log-mel settings is refused up front; one with a subset of the classes is scored by MID."""
+    from dataclasses import replace
+
+    other = make_tiny_store(tmp_path / "other_fe", n=16, seed=3, frontend=replace(tiny_frontend(), f_max=8000.0))
+    args = TINY + [f"train=[{stores['train64']}]", "epochs=1", "effective_batch=8", "release=false"]
+    assert main(args + [f"eval={other}", f"output_dir={tmp_path / 'refused'}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "train: error: the data was computed with other front-end settings than the model was trained with (f_max)"
+    subset = make_tiny_store(tmp_path / "subset", n=24, classes=3, seed=4)  # /t/tiny0..2 of the model's four
+    summary = train(load_config(None, args + [f"eval={subset}", f"output_dir={tmp_path / 'run'}", "release=true"]), progress=False)
+    ev = summary["eval"]
+    assert ev["num_classes"] == 4 and ev["classes_scored_ap"] == 3 and ev["num_clips"] == 24
+    from pipelines.evaluate import main as evaluate_main
+
+    assert evaluate_main([summary["release"], "--store", str(subset), "--out", str(tmp_path / "ev"), "--device", "cpu", "--workers", "0"]) == 0
+    standalone = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert standalone["mAP"] == pytest.approx(ev["mAP"], abs=1e-6) and standalone["mAUC"] == pytest.approx(ev["mAUC"], abs=1e-6)
+
+
 def test_release_round_trip(full_run, stores):
     from safetensors.torch import load_file
 
     from audio_dcls.checkpoint import load_release
+    from audio_dcls.model_factory import build_model
 
     run, summary = full_run
     folder = Path(summary["release"])
@@ -270,7 +291,7 @@ def test_release_round_trip(full_run, stores):
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
     assert cfg["training"]["eval"]["classes_scored_ap"] == 4
     ckpt = read_checkpoint(run / "last.pt")
-    model, _, _ = build_model(ckpt["config_obj"], 4)
+    model = build_model(ckpt["arch"], ckpt["model_args"], 4)
     model.load_state_dict(ckpt["model"])
     model.eval()
     x = torch.randn(3, 1, 128, 128)
@@ -280,7 +301,8 @@ def test_release_round_trip(full_run, stores):
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1"] and all(r["eval_mAP"] for r in rows)
-    assert (run / "config.yaml").is_file() and (run / "train.log").is_file()
+    assert (run / "config.yaml").is_file()
+    assert LabelVocabulary.from_csv(run / "labels.csv").mids == tuple(m for m, _ in rel.labels)  # the vocabulary is kept in the run folder
 
 
 # ----------------------------------------------------------------------------------

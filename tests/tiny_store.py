@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from audio_dcls.features import LogMelConfig
+from audio_dcls.io import atomic_write_json
 from audio_dcls.labels import LabelVocabulary
-from pipelines.feature_store import SHARD_DIR, Plan, finalize_store, write_json_atomic, write_shard
+from pipelines.feature_store import SHARD_DIR, Plan, finalize_store, write_shard
 
 TINY_FRAMES = 128  # 1.27 s at hop 320: 8 time steps after the (2, 16) stem, 1 after three downsamplings
 TINY_MODEL_ARGS = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
@@ -28,7 +29,8 @@ def tiny_vocabulary(classes: int) -> LabelVocabulary:
     return LabelVocabulary([f"/t/tiny{i}" for i in range(classes)], [f"tiny class {i}" for i in range(classes)])
 
 
-def make_tiny_store(folder: Path, n: int = 48, classes: int = 4, frames: int = TINY_FRAMES, seed: int = 0, shard_size: int = 16) -> Path:
+def make_tiny_store(folder: Path, n: int = 48, classes: int = 4, frames: int = TINY_FRAMES, seed: int = 0, shard_size: int = 16, frontend: LogMelConfig | None = None) -> Path:
+    """``frontend``: the settings the store records (default: tiny_frontend(frames))."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     labels = (rng.random((n, classes)) < 0.35).astype(np.uint8)
@@ -39,9 +41,9 @@ def make_tiny_store(folder: Path, n: int = 48, classes: int = 4, frames: int = T
         feats[labels[:, c] == 1, c * band : (c + 1) * band, :] += 1.5
     vocab = tiny_vocabulary(classes)
     ids = [f"clip{seed}_{i:04d}" for i in range(n)]
-    plan = Plan(tiny_frontend(frames), vocab, {"kind": "tiny-test", "seed": seed}, f"tiny-{seed}-{n}-{classes}", n, shard_size)
+    plan = Plan(frontend or tiny_frontend(frames), vocab, {"kind": "tiny-test", "seed": seed}, f"tiny-{seed}-{n}-{classes}", n, shard_size)
     (folder / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / "plan.json", plan.to_dict())
+    atomic_write_json(folder / "plan.json", plan.to_dict())
     for k in range(plan.num_shards):
         sl = slice(k * shard_size, (k + 1) * shard_size)
         write_shard(folder, k, ids[sl], feats[sl].astype(np.float16), labels[sl], [])

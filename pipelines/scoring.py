@@ -1,0 +1,167 @@
+"""Scoring a dataset with a model: batched prediction, DDP gathering, target alignment, metrics.
+
+One path for both users: ``pipelines.evaluate`` and the evaluation during training
+call :func:`score`, so both check the front end, align the data's labels to the
+model's outputs by MID and count skipped clips the same way.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from audio_dcls.features import LogMelConfig
+from audio_dcls.labels import LabelVocabulary
+from audio_dcls.metrics import TaggingMetrics, tagging_metrics
+from pipelines.data import DataError, DataSpec, collate_items
+from pipelines.distributed import dist_info, gather_objects, gather_rows
+
+
+class NothingScored(DataError):
+    """Every clip was skipped (undecodable, unreadable): there is nothing to measure."""
+
+
+@dataclass
+class Predictions:
+    scores: np.ndarray  # (N, C) sigmoid outputs, float32; rows of skipped clips are NaN
+    targets: np.ndarray  # (N, C) multi-hot labels of the data, uint8
+    scored: np.ndarray  # (N,) bool: the clip was decoded and scored
+    skipped: List[Tuple[int, str]]  # (index, reason)
+
+
+def _num_outputs(model: nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if n:
+        return int(n)
+    raise DataError("cannot tell how many classes the model predicts")
+
+
+def _score_slice(model, loader, lo: int, per: int, num_classes_data: int, device, amp_dtype, channels_last: bool, show: bool):
+    """Scores of the clips [lo, lo + per) this rank reads -> (scores, targets, scored, skipped)."""
+    from tqdm import tqdm
+
+    scores = None
+    targets = torch.zeros(per, num_classes_data, dtype=torch.uint8)
+    scored = torch.zeros(per, dtype=torch.bool)
+    skipped: List[Tuple[int, str]] = []
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None and device.type == "cuda" else nullcontext()
+    for x, y, idx, skip in tqdm(loader, desc="scoring", unit="batch", disable=not show, dynamic_ncols=True):
+        skipped += skip
+        if x is None:
+            continue
+        x = x.to(device, non_blocking=True).float()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(x)  # (B, C_out)
+        p = torch.sigmoid(logits.float()).cpu()
+        if scores is None:
+            scores = torch.full((per, p.shape[1]), float("nan"))
+        local = idx - lo
+        scores[local] = p
+        targets[local] = (y > 0.5).to(torch.uint8)
+        scored[local] = True
+    if scores is None:  # this rank scored nothing (all skipped, or an empty slice)
+        scores = torch.full((per, _num_outputs(model)), float("nan"))
+    return scores, targets, scored, skipped
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    batch_size: int = 64  # clips per forward pass
+    device: torch.device | str = "cpu"
+    workers: int = 0  # DataLoader worker processes
+    amp_dtype: Optional[torch.dtype] = None  # autocast dtype on CUDA (None: full precision)
+    channels_last: bool = False  # NHWC inputs
+    progress: Optional[bool] = None  # a tqdm bar on rank 0 (None: when stderr is a terminal)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: ScoringOptions = ScoringOptions()) -> Predictions:
+    """Score every item of ``dataset`` (batched, eval mode; the model's mode is restored after).
+
+    Under torch.distributed each rank scores one contiguous slice and every rank
+    returns the gathered result.
+    """
+    device = torch.device(options.device)
+    rank, world = dist_info()
+    n = len(dataset)
+    per = -(-n // world)
+    lo, hi = min(rank * per, n), min((rank + 1) * per, n)
+    loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=options.batch_size, shuffle=False, num_workers=options.workers, collate_fn=collate_items, pin_memory=device.type == "cuda")
+    show = (sys.stderr.isatty() if options.progress is None else options.progress) and rank == 0
+    was_training = model.training
+    model.eval()
+    try:
+        scores, targets, scored, skipped = _score_slice(model, loader, lo, per, num_classes_data, device, options.amp_dtype, options.channels_last, show)
+    finally:
+        model.train(was_training)
+    if world > 1:
+        scores, targets, scored = (gather_rows(t, world) for t in (scores, targets, scored))
+        skipped = [s for part in gather_objects(skipped, world) for s in part]
+    return Predictions(scores[:n].numpy(), targets[:n].numpy(), scored[:n].numpy(), sorted(skipped))
+
+
+def align_targets(targets: np.ndarray, data_vocab: LabelVocabulary, model_mids: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
+    """Re-index data labels to the model's outputs by MID.
+
+    Returns the (N, C_model) targets and the data classes the model does not predict.
+    """
+    model_mids = list(model_mids)
+    if list(data_vocab.mids) == model_mids:
+        return targets, []
+    out = np.zeros((targets.shape[0], len(model_mids)), dtype=targets.dtype)
+    col = {m: i for i, m in enumerate(data_vocab.mids)}
+    common = 0
+    for j, m in enumerate(model_mids):
+        i = col.get(m)
+        if i is not None:
+            out[:, j] = targets[:, i]
+            common += 1
+    if common == 0:
+        raise DataError("the data's labels and the model's outputs have no class in common")
+    model_set = set(model_mids)
+    unknown = [m for m in data_vocab.mids if m not in model_set]
+    return out, unknown
+
+
+def check_frontend(model_frontend: LogMelConfig, data_frontend: LogMelConfig) -> None:
+    """The data's log-mels must be the model's; only the clip length may differ (global pooling)."""
+    if model_frontend == data_frontend:
+        return
+    data = data_frontend.to_dict()
+    diff = [k for k, v in model_frontend.to_dict().items() if data[k] != v]
+    if any(k != "clip_seconds" for k in diff):
+        raise DataError(f"the data was computed with other front-end settings than the model was trained with ({', '.join(diff)})")
+
+
+@dataclass
+class Scores:
+    metrics: TaggingMetrics  # over the scored clips, targets aligned to the model's outputs
+    skipped: List[Tuple[str, str]]  # (clip id, reason) of every clip that could not be scored
+    data_classes_not_predicted: List[str]  # MIDs of the data the model has no output for
+    clips_scored: int
+    seconds: float  # wall time of the prediction
+
+
+def score(model: nn.Module, model_mids: Sequence[str], model_frontend: LogMelConfig, data: DataSpec, options: ScoringOptions = ScoringOptions()) -> Scores:
+    """Check the front end, predict every clip of ``data``, align its labels to ``model_mids``
+    and compute the tagging metrics. Raises NothingScored when every clip was skipped."""
+    check_frontend(model_frontend, data.frontend)
+    t0 = time.perf_counter()
+    preds = predict(model, data.dataset, len(data.vocabulary), options)
+    seconds = time.perf_counter() - t0
+    skipped = [(data.ids[i], reason) for i, reason in preds.skipped]
+    keep = preds.scored
+    if not keep.any():
+        raise NothingScored(f"no clip could be scored ({len(skipped)} skipped, e.g. {skipped[0][1] if skipped else '?'})")
+    targets, unknown = align_targets(preds.targets[keep], data.vocabulary, model_mids)
+    metrics = tagging_metrics(targets, preds.scores[keep])
+    return Scores(metrics, skipped, unknown, int(keep.sum()), seconds)
