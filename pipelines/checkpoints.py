@@ -5,7 +5,9 @@ A checkpoint is one ``torch.save``d dict of tensors and plain Python (read back 
 run's ``config``, what a release needs (``arch``, ``model_args``, ``frontend``,
 ``labels``, ``label_source``), the run state (see ``pipelines.train_state.RunState``:
 ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``epoch``,
-``step_in_epoch``, ``global_step``), ``world_size``, every rank's ``rng`` states and a ``note``.
+``step_in_epoch``, ``global_step``), ``world_size``, every rank's ``rng`` states, every rank's
+``ops_routes`` (the kernel routes autotuning and timing picked, ``audio_dcls.ops.config.routes_state``;
+absent in checkpoints written before they were recorded) and a ``note``.
 """
 from __future__ import annotations
 

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from audio_dcls import ops
 from audio_dcls.io import atomic_write_json
 from pipelines.checkpoints import (
     CHECKPOINT_FILE,
@@ -141,6 +142,11 @@ def resume_state(state: RunState, ckpt: Dict, env: DistEnv, path: Path, steps_pe
     state.load_state_dict(ckpt)
     rngs = ckpt["rng"]
     set_rng_state(rngs[env.rank] if len(rngs) == env.world else rngs[0])
+    # The kernel routes the first run measured (autotuned tiles, weight-gradient route per
+    # shape): measuring again could pick others and change the float sums.
+    routes = ckpt.get("ops_routes")
+    if routes:
+        ops.config.load_routes_state(routes[env.rank] if len(routes) == env.world else routes[0])
     if ckpt.get("world_size") != env.world:
         log.warning("resuming a %s-process run with %d processes: same data order and randomness, float sums may differ slightly", ckpt.get("world_size"), env.world)
     log.info("resumed %s at epoch %d, step %d of %d (global step %d)", path, state.epoch, state.step_in_epoch, steps_per_epoch, state.global_step)
@@ -353,6 +359,7 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in s.model.parameters()):
             raise NonFiniteLoss(f"non-finite weights after global step {s.global_step} (epoch {s.epoch}); stopped, {self._kept_note()}")
         rngs = gather_objects(rng_state(), env.world)
+        routes = gather_objects(ops.config.routes_state(), env.world)  # each rank measures its own
         if not env.is_main:
             return
         vocab = self.data.vocabulary
@@ -366,7 +373,7 @@ class Trainer:
             "labels": [[m, n] for m, n in zip(vocab.mids, vocab.display_names)],
             "label_source": vocab.label_set,
         }
-        save_checkpoint(self.ckpt_path, {**header, **s.state_dict(), "world_size": env.world, "rng": rngs, "note": note})
+        save_checkpoint(self.ckpt_path, {**header, **s.state_dict(), "world_size": env.world, "rng": rngs, "ops_routes": routes, "note": note})
 
     # --- the end ---------------------------------------------------------------------
     def _summary(self, seconds: float) -> Dict:

@@ -330,3 +330,29 @@ def test_train_audioset_finds_the_layouts(tmp_path):
         find_audioset(root)
     with pytest.raises(SetupError, match="not a folder"):
         find_audioset(tmp_path / "nothing")
+
+
+def test_resume_replays_the_recorded_kernel_routes(tmp_path, stores, one_thread):
+    """The routes autotuning/timing picked (audio_dcls.ops.config) travel in last.pt, one table
+    per rank, and a resumed run loads them back before its first step instead of measuring again."""
+    from audio_dcls import ops
+
+    recorded = {
+        "version": 1,
+        "wgrad": {"8,16,32,31,32,31,23,23,bfloat16": "fft"},
+        "tiles": {"fwd": {"8,16,32,31,32,31,23,23,bfloat16": {"BLOCK_R": 64, "BLOCK_W": 32, "BLOCK_K": 64, "I_BLOCK": 1, "num_warps": 4, "num_stages": 3}}, "wgrad": {}},
+    }
+    run = tmp_path / "run"
+    args = TINY + [f"train=[{stores['train64']}]", "epochs=2", "effective_batch=8", "release=false", f"output_dir={run}"]
+    try:
+        ops.config.load_routes_state(recorded)  # what the first steps of a GPU run would have measured
+        train(load_config(None, args + ["max_steps=3"]), progress=False)
+        saved = read_checkpoint(run / "last.pt")["ops_routes"]
+        assert saved == [ops.config.routes_state()] and saved[0]["wgrad"] == recorded["wgrad"]
+        ops.config.clear_routes()  # a fresh process knows nothing
+        assert ops.config.routes_state()["wgrad"] == {}
+        train(load_config(None, args), resume=True, progress=False)
+        assert ops.config.routes_state() == saved[0]  # loaded back, not re-measured
+        assert read_checkpoint(run / "last.pt")["global_step"] == 16
+    finally:
+        ops.config.clear_routes()

@@ -12,10 +12,9 @@ from typing import Any, Dict, Optional
 from timm.models import PretrainedCfg
 
 from audio_dcls.features import LogMelConfig
+from audio_dcls.labels import AUDIOSET_LABEL_SET, AUDIOSET_LABELS_CSV, AUDIOSET_NUM_CLASSES
 
-AUDIOSET_LABEL_SET = "audioset-527"
-AUDIOSET_LABEL_FILE = "class_labels_indices.csv"  # in audio_dcls/data/
-AUDIOSET_NUM_CLASSES = 527
+AUDIOSET_LABEL_FILE = AUDIOSET_LABELS_CSV.name  # in audio_dcls/data/
 AUDIO_INPUT_SIZE = (1, 128, 1001)  # (channels, mel bands, frames) of a 10 s clip
 PAPER_NAME = "Audio classification with Dilated Convolution with Learnable Spacings"
 PAPER_ID = "arXiv:2309.13972"
