@@ -212,7 +212,9 @@ class BatchWorker:
                 self._take(block=True, timeout=left)
             elif self.incoming() > 0:
                 self._take(block=True, timeout=min(left, 0.001))  # poll: stop waiting once nothing is on its way
-            else:
+            elif not self._take(block=False):
+                # A request leaves the count only once it is queued, so one that left it since the take above
+                # is in the queue now: take it before giving up.
                 break
         if self._stopping.is_set():
             return
