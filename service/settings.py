@@ -26,7 +26,7 @@ class SettingsError(ValueError):
 class Settings:
     models_dir: Path = Path(DEFAULT_MODELS_DIR)  # folder whose sub-folders are release folders (one model each)
     default_model: Optional[str] = None  # model used when a request names none; None: the first name in sorted order
-    api_key: Optional[str] = None  # when set, every route but /health/* and the web page needs "Authorization: Bearer <key>"
+    api_key: Optional[str] = None  # when set, every route but /health/*, the web page and the API docs needs "Authorization: Bearer <key>"
     device: str = "cpu"  # torch device the models run on ("cpu", "cuda", "cuda:1")
     torch_threads: int = min(4, os.cpu_count() or 1)  # intra-op threads of each inference worker (torch.set_num_threads)
     max_batch_size: int = 16  # most windows in one forward pass; 1 turns dynamic batching off
@@ -72,13 +72,6 @@ class Settings:
             values[f.name] = _parse(f.name, raw, f.default)
         values.update(overrides)
         return cls(**values)
-
-    def public(self) -> dict:
-        """Settings safe to show (the API key is never echoed)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
-        d["models_dir"] = str(self.models_dir)
-        d["api_key_required"] = self.api_key is not None
-        return d
 
 
 def _parse(name: str, raw: str, default):

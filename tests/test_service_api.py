@@ -173,6 +173,8 @@ def test_docs_pages_and_assets_need_no_key_and_no_cdn(server):
     for page in ("/docs", "/redoc"):
         r = httpx.get(server.url + page, timeout=30)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), page
+        policy = dict(p.strip().split(" ", 1) for p in r.headers["content-security-policy"].split(";"))
+        assert policy["default-src"] == policy["connect-src"] == "'self'" and policy["img-src"] == "'self' data:", policy
         assert "http://" not in r.text and "https://" not in r.text, f"{page} refers to another host"
         assets = [a.split('"')[0] for a in r.text.split('src="')[1:] + r.text.split('href="')[1:]]
         assert any(a.endswith(".js") for a in assets), page
@@ -225,9 +227,12 @@ def test_unknown_routes_and_wrong_methods_answer_404_405_whatever_the_body_size(
     error_of(declared_only(server, method, path, 10 * BATCH_LIMIT, AUTH), status, code)
 
 
-def test_a_real_big_body_to_a_mistyped_route_is_404(client):
+def test_a_real_big_body_to_a_mistyped_route_is_404(server, client):
     r = client.post("/v1/tags", files={"file": ("a.wav", b"\0" * (2 * TAG_LIMIT))})
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    assert httpx.get(server.url + "/v1/models", timeout=30).status_code == 401
+    text = client.get("/metrics").text
+    assert 'route="unmatched",status="404"' in text and 'audio_dcls_http_requests_total{method="GET",route="/v1/models",status="401"}' in text
 
 
 def test_413_names_the_routes_own_limit(server, client):
@@ -245,6 +250,8 @@ def test_413_names_the_routes_own_limit(server, client):
     assert r.status_code == 200, r.text
     assert [x["status"] for x in r.json()["results"]] == [413, 200, 415]  # zeros: no format we know
     assert "MAX_UPLOAD_BYTES" in r.json()["results"][0]["error"]["message"]
+    # Refused before routing, and still counted under the route asked for.
+    assert 'audio_dcls_http_requests_total{method="POST",route="/v1/tag",status="413"}' in client.get("/metrics").text
 
 
 def test_streamed_body_is_cut_off_at_the_routes_limit(client):

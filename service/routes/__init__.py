@@ -1,7 +1,8 @@
 """The service's routes, one APIRouter per concern.
 
-health and models are fixed; the tagging routes carry body limits taken from
-the settings, so :func:`build_routers` declares them for each app.
+Each module declares its routes in a ``build_router`` function (the endpoints
+are module-level functions), so every app gets routers of its own; the
+tagging routes quote the body limits taken from the settings.
 """
 from typing import List, Mapping
 
@@ -13,7 +14,7 @@ from . import health, models, tag
 
 def build_routers(limits: Mapping[str, BodyLimit]) -> List[APIRouter]:
     """``limits``: service.limits.body_limits(settings)."""
-    return [health.router, models.router, tag.build_router(limits)]
+    return [health.build_router(), models.build_router(), tag.build_router(limits)]
 
 
 __all__ = ["build_routers"]
