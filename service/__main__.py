@@ -53,8 +53,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     import uvicorn  # only now: --help and bad arguments answer without importing the server (and torch)
+    from uvicorn.config import TRACE_LOG_LEVEL
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = TRACE_LOG_LEVEL if settings.log_level == "trace" else settings.log_level.upper()  # "trace" is uvicorn's own level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .app import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)

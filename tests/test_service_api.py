@@ -312,7 +312,7 @@ def test_cli_flags_override_the_environment(tmp_path):
     port = _free_port()
     models = tmp_path / "no-models-here"
     env = dict(os.environ, PORT=str(_free_port()), MODELS_DIR=str(tmp_path / "from-env"), LOG_LEVEL="error")
-    cmd = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models), "--host", "127.0.0.1", "--log-level", "info"]
+    cmd = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models), "--host", "127.0.0.1", "--log-level", "trace"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(120, proc.kill)  # a hung start ends the read loop below instead of the test run
     watchdog.start()
