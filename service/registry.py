@@ -141,11 +141,24 @@ def find_release_folders(models_dir: Path) -> List[Path]:
 
 
 class ModelRegistry:
-    """Loads the release folders (in a background thread) and owns their workers."""
+    """Loads the release folders (in a background thread) and owns their workers.
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics):
+    ``release_loader(folder, device=...)`` reads one release folder; the default is
+    :func:`audio_dcls.checkpoint.load_release`. ``incoming`` counts the requests
+    on their way to a worker (see :class:`service.batching.BatchWorker`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        incoming: Optional[Callable[[], int]] = None,
+        release_loader: Callable[..., Release] = load_release,
+    ):
         self.settings = settings
         self.metrics = metrics
+        self.incoming = incoming
+        self.release_loader = release_loader
         self.models: Dict[str, LoadedModel] = {}
         self.failed: Dict[str, str] = {}  # folder name -> why it was not loaded
         self.state = "starting"  # starting -> loading -> ready | failed (no model could be loaded)
@@ -153,7 +166,6 @@ class ModelRegistry:
         self.error: Optional[str] = None
         self._thread: Optional[threading.Thread] = None
         self._closed = threading.Event()
-        self.incoming: Optional[Callable[[], int]] = None  # set by the app: requests on their way to a worker
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -239,7 +251,7 @@ class ModelRegistry:
         s = self.settings
         t0 = time.perf_counter()
         device = torch.device(s.device)
-        release = load_release(folder, device=device)
+        release = self.release_loader(folder, device=device)
         trained_parameters = release.num_parameters
         model = prepare_for_inference(release.model)
         release.model = model
