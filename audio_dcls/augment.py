@@ -120,12 +120,6 @@ def _check_wave(wave: torch.Tensor, *params: torch.Tensor) -> None:
             raise ValueError(f"expected one parameter per clip, shape ({wave.shape[0]},), got {tuple(p.shape)}")
 
 
-def _gather(wave: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """wave[b, index[b, j]], 0 where index < 0; (B, L) x (B, L') -> (B, L')."""
-    out = torch.gather(wave, 1, index.clamp_min(0))
-    return out.masked_fill_(index < 0, 0)
-
-
 def roll_index(shift: torch.Tensor, num_samples: int) -> torch.Tensor:
     """(B,) shifts -> (B, L) source index of ``torch.roll(x, shift)``: (j - shift) mod L."""
     j = torch.arange(num_samples, device=shift.device)
@@ -144,17 +138,31 @@ def stretched_length(rate: torch.Tensor, num_samples: int) -> torch.Tensor:
     return torch.ceil(num_samples / step).long()
 
 
+def _speed_source(rate: torch.Tensor, offset: torch.Tensor, num_samples: int, base: torch.Tensor | int, pad: int) -> torch.Tensor:
+    """(B, L) int64 ``min(round(k / rate), L - 1) + base[b]`` for k = j + offset[b] inside the stretched clip, else ``pad``.
+
+    Positions stay float64 (exact integers, far below 2**53) until one final conversion:
+    the cheapest order of the passes over the (B, L) grid.
+    """
+    B, L, dev = rate.shape[0], num_samples, rate.device
+    step = (1.0 / rate.to(torch.float64)).view(B, 1)  # (B, 1)
+    n = stretched_length(rate, L)  # (B,)
+    pos = torch.arange(L, dtype=torch.float64, device=dev).view(1, L) + offset.to(torch.float64).view(B, 1)  # k, (B, L)
+    pos.mul_(step).round_().clamp_(max=L - 1)  # round half to even, as torch.round
+    if not isinstance(base, int) or base != 0:
+        pos += base.to(torch.float64).view(B, 1) if isinstance(base, torch.Tensor) else float(base)
+    j = torch.arange(L, device=dev).view(1, L)
+    first, end = (-offset).clamp_min(0).view(B, 1), (n - offset).clamp_max(L).view(B, 1)  # valid j: [first, end)
+    return pos.masked_fill_((j < first) | (j >= end), pad).long()  # (B, L)
+
+
 def speed_index(rate: torch.Tensor, offset: torch.Tensor, num_samples: int) -> torch.Tensor:
     """(B,) rates and offsets -> (B, L) source index of :func:`speed_perturb`, -1 for zero padding.
 
     Output sample j of clip b is sample k = j + offset[b] of the stretched clip, which
     is input sample ``min(round(k / rate[b]), L - 1)``, for 0 <= k < stretched length; else 0.
     """
-    step = (1.0 / rate.to(torch.float64)).view(-1, 1)  # (B, 1)
-    n = stretched_length(rate, num_samples).view(-1, 1)  # (B, 1)
-    k = torch.arange(num_samples, device=rate.device).view(1, -1) + offset.view(-1, 1)  # (B, L)
-    src = (k.to(torch.float64) * step).round_().long().clamp_(max=num_samples - 1)
-    return src.masked_fill_((k < 0) | (k >= n), -1)  # (B, L)
+    return _speed_source(rate, offset, num_samples, 0, -1)
 
 
 def speed_perturb(wave: torch.Tensor, rate: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -164,7 +172,9 @@ def speed_perturb(wave: torch.Tensor, rate: torch.Tensor, offset: torch.Tensor) 
     became shorter; ``offset = start`` crops ``[start, start + L)`` out of a longer one.
     """
     _check_wave(wave, rate, offset)
-    return _gather(wave, speed_index(rate.to(wave.device), offset.to(wave.device), wave.shape[1]))
+    B, L = wave.shape
+    ext = torch.cat([wave, wave.new_zeros(B, 1)], 1)  # (B, L + 1): padding reads the zero at L
+    return torch.gather(ext, 1, _speed_source(rate.to(wave.device), offset.to(wave.device), L, 0, L))
 
 
 def erase(
@@ -188,7 +198,8 @@ def erase(
     top, left, height, width = (p.to(dev).view(*lead, 1, 1) for p in (top, left, height, width))
     f = torch.arange(F, device=dev).view(*[1] * (power.dim() - 2), F, 1)
     t = torch.arange(T, device=dev).view(*[1] * (power.dim() - 1), T)
-    inside = (f >= top) & (f < top + height) & (t >= left) & (t < left + width)  # (B, ..., F, T)
+    rows, cols = (f >= top) & (f < top + height), (t >= left) & (t < left + width)  # (B, ..., F, 1), (B, ..., 1, T)
+    inside = rows & cols  # (B, ..., F, T), one pass over the grid
     return power.masked_fill(inside, value)
 
 
@@ -324,11 +335,11 @@ class DclsAudioAugment(nn.Module):
         _check_wave(wave, params.shift, params.rate, params.offset)
         L = wave.shape[1]
         params = params.to(wave.device)
-        src = speed_index(params.rate, params.offset, L)  # (B, L) index into the rolled clip, -1 = padding
-        pad = src < 0
-        src -= torch.remainder(params.shift, L).view(-1, 1)  # rolled[k] = wave[(k - shift) mod L]; now in (-L, L)
-        src += (src < 0).long() * L  # the mod without a division (padding is set back to -1 below)
-        return _gather(wave, src.masked_fill_(pad, -1))
+        # The clip twice, then a zero: rolled[k] = wave[(k - shift) mod L] = ext[k + L - (shift mod L)]
+        # with no modulo per sample, and padding reads the zero at 2L.
+        ext = torch.cat([wave, wave, wave.new_zeros(wave.shape[0], 1)], 1)  # (B, 2L + 1)
+        base = L - torch.remainder(params.shift, L)  # (B,)
+        return torch.gather(ext, 1, _speed_source(params.rate, params.offset, L, base, 2 * L))  # (B, L)
 
     def augment_power(self, power: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         """(B, n_freqs, T) -> (B, n_freqs, T) with each clip's rectangle erased."""
