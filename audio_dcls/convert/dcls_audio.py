@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -33,7 +33,7 @@ from .checkpoint_file import CheckpointContents, read_checkpoint
 from .download import FetchedFile, resolve_source
 from .errors import CheckpointError
 from .key_match import KeyMatch, match_state, shared_parameter_groups
-from .layouts import LAYOUTS, Layout, MappedTensor, detect_layout, rename_rules, rename_state
+from .layouts import Layout, MappedTensor, detect_layout, rename_rules, rename_state
 
 __all__ = [
     "DCLS_AUDIO_FRONT_END",

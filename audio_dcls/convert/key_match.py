@@ -71,7 +71,7 @@ def match_state(
     mapped: Sequence[MappedTensor],
     target: Mapping[str, Tensor],
     what: str,
-    fresh: Mapping[str, str] = {},
+    fresh: Optional[Mapping[str, str]] = None,
     strict: bool = True,
     fresh_dcls: bool = False,
     shared: Sequence[Sequence[str]] = (),
@@ -90,6 +90,7 @@ def match_state(
     """
     if unshared_positions not in ("error", "last"):
         raise ValueError(f"unshared_positions must be 'error' or 'last', got {unshared_positions!r}")
+    fresh = fresh or {}
     match = KeyMatch()
     fresh_layers = set()
     for m in mapped:

@@ -168,7 +168,10 @@ def rename_state(layout: Layout, state: Mapping[str, Tensor], target: Mapping[st
     elif layout.per_key:
         mapped = []
         for k, v in state.items():
-            ((new_key, new_v),) = layout.converter({k: v}, _ModelView(target, v)).items()
+            out = layout.converter({k: v}, _ModelView(target, v))
+            if len(out) != 1:  # e.g. timm drops ConvNeXt distillation heads
+                raise CheckpointError(f"{layout.name}: timm's converter has no counterpart for checkpoint key {k}")
+            ((new_key, new_v),) = out.items()
             mapped.append(MappedTensor(k, new_key, new_v))
     else:
         out = layout.converter(dict(state), _ModelView(target))
