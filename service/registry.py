@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from audio_dcls.device import resolve_device
 from audio_dcls.checkpoint import RELEASE_NAME, Release, ReleaseError, load_release
 from audio_dcls.features import LogMel
 from audio_dcls.models import prepare_for_inference
@@ -250,7 +251,7 @@ class ModelRegistry:
     def load_one(self, folder: Path) -> LoadedModel:
         s = self.settings
         t0 = time.perf_counter()
-        device = torch.device(s.device)
+        device = resolve_device(s.device)
         release = self.release_loader(folder, device=device)
         trained_parameters = release.num_parameters
         model = prepare_for_inference(release.model)
