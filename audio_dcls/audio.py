@@ -219,7 +219,7 @@ def _check_header(rate: float, channels: int, frames: int | None, max_seconds: f
     if not (1 <= channels <= MAX_CHANNELS):
         raise AudioDecodeError(f"implausible channel count {channels} in the header (accepted: 1-{MAX_CHANNELS})", name)
     if max_seconds is not None and frames is not None and frames > 0 and frames / rate > max_seconds:
-        raise AudioTooLong(f"the audio lasts {frames / rate:.1f} s, longer than the {max_seconds:g} s limit", name)
+        raise AudioTooLong(f"the audio lasts {_duration(frames / rate)}, longer than the {_duration(max_seconds)} limit", name)
 
 
 # --- libsndfile ---------------------------------------------------------------------------------------
@@ -391,7 +391,7 @@ class _PacketReader:
             self.runs[-1][3].append(a)
             self.seconds += len(a) / frame.sample_rate
             if self.max_seconds is not None and self.seconds > self.max_seconds:
-                raise AudioTooLong(f"the audio is longer than the {self.max_seconds:g} s limit", self.name)
+                raise AudioTooLong(f"the audio is longer than the {_duration(self.max_seconds)} limit", self.name)
 
     def result(self, announced: float | None, channels: int) -> _Raw:
         if not self.runs:

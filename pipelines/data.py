@@ -1,7 +1,7 @@
 """Training and evaluation data: feature stores, or audio decoded on the fly, as datasets.
 
-Every dataset item is ``(log-mel (1, F, T) or None, target (C,), index, skip reason)``;
-:func:`collate_items` batches them and sets the skipped ones aside. :func:`open_data`
+Every dataset item is ``(log-mel (1, F, T) or None, target (C,), index, skip reason, decode
+warnings)``; :func:`collate_items` batches them and sets the skipped ones and the warnings aside. :func:`open_data`
 turns what a user names -- a feature store folder, an AudioSet segment CSV (+ audio
 folder), a ``path,labels`` CSV or PANNs HDF5 packs -- into a :class:`DataSpec`: the
 dataset with its label vocabulary, front-end settings and clip ids.
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -34,7 +35,7 @@ class StoreItems(Dataset):
 
     def __getitem__(self, i: int):
         x, y = self.store[i]
-        return x, y, int(i), ""
+        return x, y, int(i), "", ()
 
     def close(self) -> None:
         self.store.close()
@@ -68,32 +69,34 @@ class AudioItems(Dataset):
         clip = self.source[i]
         y = torch.from_numpy(clip.target)
         try:
-            x = pad_or_trim(clip.load(self.frontend.sample_rate), self.num_samples)
+            x, warnings = clip.decode(self.frontend.sample_rate)
+            x = pad_or_trim(x, self.num_samples)
         except AudioDecodeError as e:
-            return None, y, int(i), f"undecodable: {e.reason}"
+            return None, y, int(i), f"undecodable: {e.reason}", ()
         except OSError as e:
-            return None, y, int(i), f"unreadable: {e.strerror or e}"
+            return None, y, int(i), f"unreadable: {e.strerror or e}", ()
         if self._logmel is None:
             self._logmel = LogMel(self.frontend).eval()
         with torch.inference_mode():
             m = self._logmel(torch.from_numpy(x).unsqueeze(0))[0]  # (1, F, T)
-        return m.clone(), y, int(i), ""
+        return m.clone(), y, int(i), "", tuple(warnings)
 
     def close(self) -> None:
         self.source.close()
 
 
 def collate_items(batch):
-    """-> (x (B, 1, F, T) or None, y (B, C), indices (B,), [(index, reason)] skipped)."""
+    """-> (x (B, 1, F, T) or None, y (B, C), indices (B,), [(index, reason)] skipped, [(index, warning)] kept with a warning)."""
     keep = [b for b in batch if not b[3]]
     skipped = [(b[2], b[3]) for b in batch if b[3]]
+    warned = [(b[2], w) for b in keep for w in b[4]]
     if keep:
         x = torch.stack([b[0] for b in keep])
         y = torch.stack([b[1] for b in keep])
         idx = torch.tensor([b[2] for b in keep], dtype=torch.long)
     else:
         x, y, idx = None, None, torch.zeros(0, dtype=torch.long)
-    return x, y, idx, skipped
+    return x, y, idx, skipped, warned
 
 
 @dataclass
@@ -112,6 +115,21 @@ class DataSpec:
             close = getattr(part, "close", None)
             if close is not None:
                 close()
+
+
+def populated_classes(dataset: Dataset) -> List[int]:
+    """Indices of the classes with at least one positive clip in ``dataset`` (StoreItems, AudioItems or
+    a ConcatDataset of them): what a release records as the classes its training data populated."""
+    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+    seen: set = set()
+    for part in parts:
+        if isinstance(part, StoreItems):
+            seen.update(int(i) for i in np.flatnonzero(part.store.labels.any(axis=0)))
+        elif isinstance(part, AudioItems):
+            seen.update(int(i) for clip in part.source.clips for i in clip.labels)
+        else:
+            raise TypeError(f"populated_classes: unknown dataset part {type(part).__name__}")
+    return sorted(seen)
 
 
 def _is_audioset_csv(path: Path) -> bool:

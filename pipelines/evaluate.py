@@ -7,7 +7,8 @@ AudioSet segment CSV + audio folder, a ``path,labels`` CSV (+ folder), or PANNs
 HDF5 packs. Outputs, in ``--out``:
 
     per_class.csv       index, mid, name, positives, AP, AUC (blank where undefined)
-    summary.json        mAP, mAUC, d′, mean per-class d′, classes scored, clips, skipped clips
+    summary.json        mAP, mAUC, d′, mean per-class d′, classes scored, clips, skipped clips,
+                        clips decoded with warnings (cut short, damaged) and the warnings
     ap_per_class.png    per-class AP, sorted, with class names
     dcls_positions.png  histograms of the learned DCLS tap positions per stage (DCLS models)
 
@@ -230,6 +231,8 @@ def evaluate(loaded: LoadedModel, data: DataSpec, out: Optional[Path], options: 
         "data": {**data.description, "clips_listed": len(data.ids) + len(data.missing), "clips_missing": len(data.missing)},
         "clips_skipped": len(result.skipped),
         "skipped": [list(s) for s in result.skipped[:100]],
+        "clips_with_warnings": len({i for i, _ in result.warned}),
+        "decode_warnings": [list(w) for w in result.warned[:100]],
         "data_classes_not_predicted": len(result.data_classes_not_predicted),
         "device": str(options.device),
         "seconds": round(result.seconds, 2),
@@ -297,7 +300,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = evaluate(loaded, data, Path(args.out), options)
         if rank == 0:
             s = result.summary
-            print(f"{loaded.arch} on {given[0]}: {result.metrics.describe()}; {s['clips_skipped']} clips skipped, {s['clips_per_second']} clips/s")
+            print(
+                f"{loaded.arch} on {given[0]}: {result.metrics.describe()}; {s['clips_skipped']} clips skipped, "
+                f"{s['clips_with_warnings']} scored with decode warnings, {s['clips_per_second']} clips/s"
+            )
             print(f"wrote {', '.join(result.files.values())}")
         return 0
     except KeyboardInterrupt:

@@ -69,6 +69,7 @@ class BuildReport:
     shards_kept: int  # finished by an earlier run and kept
     written: int  # clips in this part's shards (new + kept)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), source-level and decode failures
+    warned: list[tuple[str, str]] = field(default_factory=list)  # (id, warning): clips decoded and kept, with a decode warning
     trimmed: int = 0  # clips longer than the clip length, cut (built by this run)
     clips_built: int = 0  # clips processed by this run (written or skipped)
     notes: list[str] = field(default_factory=list)
@@ -96,6 +97,12 @@ class BuildReport:
                 lines.append(f"the full list is in {self.folder / 'skipped.csv'}")
         else:
             lines.append("skipped 0 clips")
+        if self.warned:
+            lines.append(f"kept {len({i for i, _ in self.warned})} clips the decoder warned about (decoded as far as they go):")
+            for i, w in self.warned[:8]:
+                lines.append(f"  {i}: {w}")
+            if len(self.warned) > 8:
+                lines.append(f"  ... {len(self.warned) - 8} more, in the shard records (shards/*.json, 'warnings')")
         if n > 1:
             lines.append("join the parts with: python -m pipelines.precompute merge OUT PART...")
         return "\n".join(lines)
@@ -137,10 +144,11 @@ class ShardBuilder:
         C = clips[0].num_classes if clips else 0
         feats = np.empty((len(clips), cfg.n_mels, cfg.num_frames), dtype=np.float16)
         targets = np.zeros((len(clips), C), dtype=np.uint8)
-        ids, skipped, trimmed = [], [], 0
+        ids, skipped, warned, trimmed = [], [], [], 0
         for clip in clips:
             try:
-                x = clip.load(cfg.sample_rate)
+                x, notes = clip.decode(cfg.sample_rate)
+                warned += [(clip.id, w) for w in notes]
                 if len(x) > n_samples + cfg.hop_length:
                     trimmed += 1
                 x = pad_or_trim(x, n_samples)
@@ -157,8 +165,8 @@ class ShardBuilder:
             if on_clip is not None:
                 on_clip()
         n = len(ids)
-        write_shard(self.folder, index, ids, feats[:n], targets[:n], skipped, extra={"trimmed": trimmed})
-        return {"shard": index, "written": n, "skipped": skipped, "trimmed": trimmed, "clips": len(clips)}
+        write_shard(self.folder, index, ids, feats[:n], targets[:n], skipped, extra={"trimmed": trimmed, "warnings": warned})
+        return {"shard": index, "written": n, "skipped": skipped, "warnings": warned, "trimmed": trimmed, "clips": len(clips)}
 
 
 def _init_pool_worker() -> None:
@@ -236,6 +244,8 @@ def build_feature_store(
         skipped += [tuple(s) for s in r["skipped"]]
     for r in sorted(results, key=lambda r: r["shard"]):
         skipped += [tuple(s) for s in r["skipped"]]
+    records = [kept_records[k] for k in sorted(kept_records)] + sorted(results, key=lambda r: r["shard"])
+    warned = [tuple(w) for r in records for w in r.get("warnings", [])]  # shards built before warnings existed have none
     report = BuildReport(
         folder=out,
         part=part,
@@ -244,6 +254,7 @@ def build_feature_store(
         shards_kept=len(kept_records),
         written=sum(r["num_clips"] for r in kept_records.values()) + sum(r["written"] for r in results),
         skipped=skipped,
+        warned=warned,
         trimmed=sum(r["trimmed"] for r in results),
         notes=list(source.notes),
         clips_built=sum(r["clips"] for r in results),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,6 +34,7 @@ class Predictions:
     targets: np.ndarray  # (N, C) multi-hot labels of the data, uint8
     scored: np.ndarray  # (N,) bool: the clip was decoded and scored
     skipped: List[Tuple[int, str]]  # (index, reason)
+    warned: List[Tuple[int, str]] = field(default_factory=list)  # (index, decode warning) of scored clips
 
 
 def _num_outputs(model: nn.Module) -> int:
@@ -44,16 +45,18 @@ def _num_outputs(model: nn.Module) -> int:
 
 
 def _score_slice(model, loader, lo: int, per: int, num_classes_data: int, device, amp_dtype, channels_last: bool, show: bool):
-    """Scores of the clips [lo, lo + per) this rank reads -> (scores, targets, scored, skipped)."""
+    """Scores of the clips [lo, lo + per) this rank reads -> (scores, targets, scored, skipped, warned)."""
     from tqdm import tqdm
 
     scores = None
     targets = torch.zeros(per, num_classes_data, dtype=torch.uint8)
     scored = torch.zeros(per, dtype=torch.bool)
     skipped: List[Tuple[int, str]] = []
+    warned: List[Tuple[int, str]] = []
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None and device.type == "cuda" else nullcontext()
-    for x, y, idx, skip in tqdm(loader, desc="scoring", unit="batch", disable=not show, dynamic_ncols=True):
+    for x, y, idx, skip, warn in tqdm(loader, desc="scoring", unit="batch", disable=not show, dynamic_ncols=True):
         skipped += skip
+        warned += warn
         if x is None:
             continue
         x = x.to(device, non_blocking=True).float()
@@ -70,7 +73,7 @@ def _score_slice(model, loader, lo: int, per: int, num_classes_data: int, device
         scored[local] = True
     if scores is None:  # this rank scored nothing (all skipped, or an empty slice)
         scores = torch.full((per, _num_outputs(model)), float("nan"))
-    return scores, targets, scored, skipped
+    return scores, targets, scored, skipped, warned
 
 
 @dataclass(frozen=True)
@@ -100,13 +103,14 @@ def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: 
     was_training = model.training
     model.eval()
     try:
-        scores, targets, scored, skipped = _score_slice(model, loader, lo, per, num_classes_data, device, options.amp_dtype, options.channels_last, show)
+        scores, targets, scored, skipped, warned = _score_slice(model, loader, lo, per, num_classes_data, device, options.amp_dtype, options.channels_last, show)
     finally:
         model.train(was_training)
     if world > 1:
         scores, targets, scored = (gather_rows(t, world) for t in (scores, targets, scored))
         skipped = [s for part in gather_objects(skipped, world) for s in part]
-    return Predictions(scores[:n].numpy(), targets[:n].numpy(), scored[:n].numpy(), sorted(skipped))
+        warned = [w for part in gather_objects(warned, world) for w in part]
+    return Predictions(scores[:n].numpy(), targets[:n].numpy(), scored[:n].numpy(), sorted(skipped), sorted(warned))
 
 
 def align_targets(targets: np.ndarray, data_vocab: LabelVocabulary, model_mids: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
@@ -149,6 +153,7 @@ class Scores:
     data_classes_not_predicted: List[str]  # MIDs of the data the model has no output for
     clips_scored: int
     seconds: float  # wall time of the prediction
+    warned: List[Tuple[str, str]] = field(default_factory=list)  # (clip id, decode warning) of clips scored all the same
 
 
 def score(model: nn.Module, model_mids: Sequence[str], model_frontend: LogMelConfig, data: DataSpec, options: ScoringOptions = ScoringOptions()) -> Scores:
@@ -164,4 +169,5 @@ def score(model: nn.Module, model_mids: Sequence[str], model_frontend: LogMelCon
         raise NothingScored(f"no clip could be scored ({len(skipped)} skipped, e.g. {skipped[0][1] if skipped else '?'})")
     targets, unknown = align_targets(preds.targets[keep], data.vocabulary, model_mids)
     metrics = tagging_metrics(targets, preds.scores[keep])
-    return Scores(metrics, skipped, unknown, int(keep.sum()), seconds)
+    warned = [(data.ids[i], w) for i, w in preds.warned]
+    return Scores(metrics, skipped, unknown, int(keep.sum()), seconds, warned)

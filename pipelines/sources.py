@@ -33,7 +33,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from audio_dcls.audio import AUDIO_EXTENSIONS, MAX_DURATION_S, load_audio, resample
+from audio_dcls.audio import AUDIO_EXTENSIONS, MAX_DURATION_S, decode_audio, load_audio, resample
 from audio_dcls.io import atomic_path, atomic_write
 from audio_dcls.labels import LabelVocabulary, audioset_vocabulary
 
@@ -70,9 +70,17 @@ class Clip:
         return y
 
     def load(self, target_sr: int = 32000, max_seconds: float | None = MAX_DURATION_S) -> np.ndarray:
-        """Mono float32 samples at ``target_sr`` (raises AudioDecodeError on bad audio)."""
+        """Mono float32 samples at ``target_sr`` (raises AudioDecodeError on bad audio; decode
+        warnings are issued as AudioDecodeWarning)."""
         if self.path is not None:
             return load_audio(self.path, target_sr=target_sr, max_seconds=max_seconds)
+        return self.decode(target_sr, max_seconds)[0]
+
+    def decode(self, target_sr: int = 32000, max_seconds: float | None = MAX_DURATION_S) -> tuple[np.ndarray, list[str]]:
+        """(:meth:`load`'s samples, the decoder's warnings about the file), for jobs that report them."""
+        if self.path is not None:
+            decoded = decode_audio(self.path, target_sr=target_sr, max_seconds=max_seconds)
+            return decoded.samples, list(decoded.warnings)
         if self.h5_path is not None:
             x = self.h5.waveform(self.h5_path, self.h5_row)
         elif self.waveform is not None:
@@ -83,7 +91,7 @@ class Clip:
         if x.ndim == 2:
             x = x.mean(axis=0, dtype=np.float32)
         rate = self.sample_rate or target_sr
-        return resample(x, rate, target_sr) if rate != target_sr else x
+        return (resample(x, rate, target_sr) if rate != target_sr else x), []
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:

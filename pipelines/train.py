@@ -68,7 +68,7 @@ from pipelines.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from pipelines.data import DataError, DataSpec, collate_items, open_data, open_training_data
+from pipelines.data import DataError, DataSpec, collate_items, open_data, open_training_data, populated_classes
 from pipelines.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown_distributed, torchrun_rank
 from pipelines.run_log import RunLog
 from pipelines.sampling import GlobalBatchSampler
@@ -316,7 +316,7 @@ class Trainer:
     def _micro_batches(self, batches) -> List[MicroBatch]:
         out = []
         for a in range(self.sampler.accum):
-            x, y, _idx, skipped = next(batches)
+            x, y, _idx, skipped, _warned = next(batches)
             if skipped:
                 log.warning("rank %d skipped %d clips in step %d (e.g. %s)", self.env.rank, len(skipped), self.state.global_step, skipped[0][1])
             out.append(MicroBatch(a * self.env.world + self.env.rank, x, y))
@@ -408,6 +408,8 @@ class Trainer:
             vocab = self.data.vocabulary
             release_dir = self.cfg.resolved_release_dir()
             training = {k: v for k, v in summary.items() if k != "run_dir"}
+            # The classes the training data had positives for: the service shows what the model can know.
+            training["populated_classes"] = populated_classes(self.data.dataset)
             save_release(release_dir, self.state.eval_model, self.cfg.model, self.release_args, self.data.frontend, list(zip(vocab.mids, vocab.display_names)), vocab.label_set, training=training)
             summary["release"] = str(release_dir)
             log.info("release folder: %s", release_dir)

@@ -9,6 +9,9 @@ flags below override the variables of the same name::
 
 One process serves every model; it runs its own inference threads, so start
 one process per machine (or container) rather than several uvicorn workers.
+
+SIGTERM drains it (service.drain): readiness turns 503, new uploads get 503,
+the requests in flight finish (at most DRAIN_SECONDS), then it exits 0.
 """
 from __future__ import annotations
 
@@ -58,8 +61,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     level = TRACE_LOG_LEVEL if settings.log_level == "trace" else settings.log_level.upper()  # "trace" is uvicorn's own level
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .app import create_app
+    from .drain import DrainingServer
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    app = create_app(settings)
+    # After the drain (service.drain) only requests past DRAIN_SECONDS can be left; give them a moment.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
+    server = DrainingServer(config, app.state.context.drain)
+    server.run()
+    if not server.started:  # could not bind or start (uvicorn has logged why)
+        return 3
     return 0
 
 

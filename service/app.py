@@ -31,12 +31,14 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.gzip import GZipMiddleware
 
 from audio_dcls.checkpoint import Release, load_release
 
 from .auth import APIKeyMiddleware
 from .dependencies import ServiceContext
 from .docs import DOCS_ASSETS_URL, DOCS_PAGES, DocsContentSecurityPolicy
+from .drain import Drain, DrainMiddleware
 from .errors import install_error_handlers
 from .incoming import IncomingRequests
 from .limits import BodyLimitMiddleware, body_limits
@@ -47,6 +49,11 @@ from .settings import Settings
 from .tagging import UploadTagger
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Responses from this size on are gzipped for clients that accept it (a tagging result with every score and
+# window is tens of KiB of JSON and shrinks about 3x; a health probe is not worth the CPU). Level 6: zlib's
+# default, nearly level 9's size at a fraction of its time.
+GZIP_MIN_BYTES = 1024
+GZIP_LEVEL = 6
 DESCRIPTION = (
     "AudioSet audio tagging with DCLS models: upload a clip, get its sound-event tags.\n\n"
     'Every error is JSON `{"error": {"code": ..., "message": ...}}`. '
@@ -62,8 +69,10 @@ def create_app(settings: Optional[Settings] = None, *, release_loader: Callable[
     settings = settings or Settings.from_env()
     metrics = ServiceMetrics()
     incoming = IncomingRequests()
+    drain = Drain(settings.drain_seconds, metrics)
     registry = ModelRegistry(settings, metrics, incoming=incoming, release_loader=release_loader)
-    context = ServiceContext(settings=settings, metrics=metrics, registry=registry, tagger=UploadTagger(settings, metrics), incoming=incoming)
+    tagger = UploadTagger(settings, metrics, drain)
+    context = ServiceContext(settings=settings, metrics=metrics, registry=registry, tagger=tagger, incoming=incoming, drain=drain)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -113,7 +122,23 @@ def create_app(settings: Optional[Settings] = None, *, release_loader: Callable[
             public_paths={"/", "/favicon.ico", app.openapi_url, app.swagger_ui_oauth2_redirect_url, *DOCS_PAGES},
             public_prefixes=("/health/", "/static/", DOCS_ASSETS_URL + "/"),
         )
-    # Outermost: counts the refusals of the key check and the body limits too, labelled by the route asked for.
+    # Outside the key check: a client of an instance going away learns so whatever its key.
+    app.add_middleware(DrainMiddleware, drain=drain, upload_paths=set(limits))
+    # Counts the refusals of the drain, the key check and the body limits too, labelled by the route asked for.
     routes = [r for router in routers for r in router.routes] + list(app.router.routes)
+    metrics.expect_routes(_documented_statuses(routers))
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    # Outermost, so the metrics read the error codes of uncompressed bodies.
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
     return app
+
+
+def _documented_statuses(routers) -> dict:
+    """(route template, method) -> the statuses its OpenAPI entry documents (200 and its errors)."""
+    out = {}
+    for router in routers:
+        for route in router.routes:
+            statuses = {200} | {int(s) for s in getattr(route, "responses", {}) if str(s).isdigit()}
+            for method in getattr(route, "methods", ()):
+                out[(route.path, method)] = sorted(statuses)
+    return out

@@ -9,7 +9,7 @@ multipart parser.
 from __future__ import annotations
 
 import hmac
-from typing import Collection, Tuple
+from typing import Collection, Optional, Tuple
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,23 +23,29 @@ class APIKeyMiddleware:
         self.public_paths = frozenset(public_paths)
         self.public_prefixes = tuple(public_prefixes)
 
-    def _authorised(self, scope: Scope) -> bool:
+    def _refusal(self, scope: Scope) -> Optional[str]:
+        """None when the request may go on, else why not (no key, or a wrong one)."""
         path = scope.get("path", "")
         if path in self.public_paths or path.startswith(self.public_prefixes):
-            return True
-        header = ""
+            return None
+        header = None
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 header = value.decode("latin-1")
                 break
-        scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key)
+        if header is None or not header.strip():
+            return "this route needs an API key: send 'Authorization: Bearer <key>'"
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return f"the Authorization header uses the {scheme!r} scheme; send 'Authorization: Bearer <key>'"
+        if not hmac.compare_digest(token.strip().encode(), self.key):
+            return "the API key is wrong: this service does not know the key sent in 'Authorization: Bearer <key>'"
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._authorised(scope):
-            response = error_response(
-                401, "unauthorized", "this route needs an API key: send 'Authorization: Bearer <key>'", {"WWW-Authenticate": 'Bearer realm="audio_dcls"'}
-            )
+        why = self._refusal(scope) if scope["type"] == "http" else None
+        if why is not None:
+            response = error_response(401, "unauthorized", why, {"WWW-Authenticate": 'Bearer realm="audio_dcls"'})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -14,6 +14,7 @@ from fastapi.security import HTTPBearer
 
 from audio_dcls.checkpoint import RELEASE_NAME
 
+from .drain import Drain
 from .errors import ServiceError
 from .incoming import IncomingRequests
 from .metrics import ServiceMetrics
@@ -38,6 +39,7 @@ class ServiceContext:
     registry: ModelRegistry
     tagger: UploadTagger
     incoming: IncomingRequests  # tagging requests on their way to a worker (service.incoming)
+    drain: Drain  # the shutdown state (service.drain)
 
 
 def get_context(request: Request) -> ServiceContext:

@@ -33,6 +33,35 @@ _STATUS_CODES = MappingProxyType({
     503: "unavailable",
 })
 
+# Every code word the service answers with -> its status (the framework's defaults above included).
+# The metrics create a refusal counter for each; the README's error table lists them.
+ERROR_CODES = MappingProxyType({
+    **{code: status for status, code in _STATUS_CODES.items()},
+    "undecodable_audio": 400,
+    "model_not_found": 404,
+    "audio_too_long": 413,
+    "audio_too_large": 413,
+    "too_many_windows": 413,
+    "too_many_files": 413,
+    "not_ready": 503,
+    "no_models": 503,
+    "queue_full": 503,
+    "shutting_down": 503,
+    "timeout": 504,
+})
+
+
+def human_size(num_bytes: float) -> str:
+    """1536 -> '1.5 KiB', 33554432 -> '32 MiB': sizes in messages people read."""
+    size = float(num_bytes)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            break
+        size /= 1024
+    if unit == "bytes":
+        return f"{int(size)} bytes"
+    return f"{size:.1f} {unit}".replace(".0 ", " ")
+
 
 class ServiceError(Exception):
     """An error with its HTTP status, a code word and a message; raise it anywhere in a route."""

@@ -20,7 +20,7 @@ from typing import Dict, Mapping, Optional
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import error_response
+from .errors import error_response, human_size
 from .settings import Settings
 
 # Room for multipart boundaries and the small form fields next to the file(s).
@@ -32,18 +32,19 @@ class BodyLimit:
     bytes: int  # largest body the route accepts
     why: str  # how the limit is made up, in the settings' names
 
-    def message(self, where: str, size: str) -> str:
-        return f"the request body ({size}) exceeds the {self.bytes}-byte limit of {where}: {self.why}"
+    def message(self, where: str, size: int, so_far: bool = False) -> str:
+        sent = f"{human_size(size)}, {size} bytes{' so far' if so_far else ''}"
+        return f"the request body ({sent}) exceeds the {human_size(self.bytes)} limit of {where} ({self.bytes} bytes: {self.why})"
 
 
 def body_limits(settings: Settings) -> Dict[str, BodyLimit]:
     """Path of each POST route that takes a body -> its limit."""
     one, files = settings.max_upload_bytes, settings.max_batch_files
     return {
-        "/v1/tag": BodyLimit(one + MULTIPART_OVERHEAD, f"one file of at most MAX_UPLOAD_BYTES={one} bytes plus {MULTIPART_OVERHEAD} bytes of form fields"),
+        "/v1/tag": BodyLimit(one + MULTIPART_OVERHEAD, f"one file of at most MAX_UPLOAD_BYTES={one} bytes ({human_size(one)}) plus {human_size(MULTIPART_OVERHEAD)} of form fields"),
         "/v1/tag/batch": BodyLimit(
             one * files + MULTIPART_OVERHEAD,
-            f"MAX_BATCH_FILES={files} files of at most MAX_UPLOAD_BYTES={one} bytes each plus {MULTIPART_OVERHEAD} bytes of form fields",
+            f"MAX_BATCH_FILES={files} files of at most MAX_UPLOAD_BYTES={one} bytes ({human_size(one)}) each plus {human_size(MULTIPART_OVERHEAD)} of form fields",
         ),
     }
 
@@ -61,7 +62,7 @@ class BodyLimitMiddleware:
         where = f"POST {scope['path']}"
         declared = _content_length(scope)
         if declared is not None and declared > limit.bytes:
-            await error_response(413, "payload_too_large", limit.message(where, f"{declared} bytes"))(scope, receive, send)
+            await error_response(413, "payload_too_large", limit.message(where, declared))(scope, receive, send)
             return
         received = 0
 
@@ -72,7 +73,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit.bytes:
                     # Raised inside body parsing; FastAPI hands HTTPExceptions to service.errors.
-                    raise StarletteHTTPException(413, limit.message(where, f"{received} bytes so far"))
+                    raise StarletteHTTPException(413, limit.message(where, received, so_far=True))
             return message
 
         await self.app(scope, counting_receive, send)

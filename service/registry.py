@@ -38,6 +38,7 @@ log = logging.getLogger("service.registry")
 # 16x-strided stem and three 2x downsamplings leave nothing of the time axis.
 MIN_WINDOW_S = 2.0
 MAX_WINDOW_S = 60.0
+POPULATED_KEY = "populated_classes"  # in a release's training summary: label indices with >= 1 positive training clip
 
 
 class Tagger(torch.nn.Module):
@@ -91,11 +92,13 @@ class LoadedModel:
     def details(self) -> dict:
         r = self.release
         d = self.summary()
+        training = _jsonable(r.training)
         d.update(
             {
                 "model_args": _jsonable(r.model_args),
                 "frontend": r.frontend.to_dict(),
-                "training": _jsonable(r.training),
+                "training": {k: v for k, v in training.items() if k != POPULATED_KEY},
+                "populated_classes": populated_classes(training, len(r.labels)),
                 "device": str(self.device),
                 "batching": {
                     "max_batch_size": self.worker.max_batch_size,
@@ -106,6 +109,17 @@ class LoadedModel:
             }
         )
         return d
+
+
+def populated_classes(training: dict, num_classes: int) -> Optional[List[int]]:
+    """The label indices the release's training data had positives for (pipelines.train records them
+    under ``training.populated_classes``); None when the release does not say or says nonsense."""
+    value = training.get(POPULATED_KEY)
+    if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_classes for i in value):
+        if value is not None:
+            log.warning("ignoring training.%s of the release: not a list of label indices below %d", POPULATED_KEY, num_classes)
+        return None
+    return sorted(set(value))
 
 
 def labels_payload(labels) -> List[dict]:

@@ -40,7 +40,8 @@ _ERRORS: Mapping[int, tuple] = MappingProxyType({
     413: ("too large: the body, a file, the audio's duration, its windows or the number of files", "payload_too_large"),
     415: ("not an audio format the service reads", "unsupported_media_type"),
     422: ("a parameter is missing, malformed or out of range", "invalid_parameter"),
-    503: ("the models are still loading, none could be loaded, or the model's queue is full; retry after Retry-After seconds", "not_ready"),
+    503: ("the models are still loading, none could be loaded, the model's queue is full, or the instance is shutting down; retry after Retry-After seconds", "not_ready"),
+    504: ("the result was not ready within REQUEST_TIMEOUT_S; the windows not yet run were dropped", "timeout"),
 })
 _HEADERS: Mapping[int, tuple] = MappingProxyType({
     401: ("WWW-Authenticate", 'Bearer realm="audio_dcls"', "string"),
@@ -130,9 +131,32 @@ class ModelDetails(ModelSummary):
     model_args: Dict[str, Any] = Field(description="keyword arguments the model was built with")
     frontend: FrontendSettings
     training: Dict[str, Any] = Field(description="the training summary stored in the release (recipe, epochs, validation mAP, ...)")
+    populated_classes: Optional[List[int]] = Field(
+        description="indices of the labels with at least one positive clip in the training data, when the release records them (null when it does not)",
+        examples=[[0, 1, 74, 137]],
+    )
     device: str = Field(examples=["cpu"])
     batching: BatchingSettings
     labels: List[Label]
+
+
+class WindowRange(_Body):
+    min: float
+    max: float
+    default: float
+
+
+class Limits(_Body):
+    """What the service accepts, from its settings: a client can refuse a file before uploading it."""
+
+    max_upload_bytes: int = Field(description="largest file (each file of a batch request), MAX_UPLOAD_BYTES", examples=[33554432])
+    max_batch_files: int = Field(description="most files in one POST /v1/tag/batch, MAX_BATCH_FILES", examples=[16])
+    max_audio_seconds: float = Field(description="longest audio after decoding, MAX_AUDIO_SECONDS", examples=[600.0])
+    max_windows: int = Field(description="most analysis windows per file, MAX_WINDOWS", examples=[512])
+    request_timeout_s: float = Field(description="a result not ready this long after the upload is answered 504, REQUEST_TIMEOUT_S", examples=[120.0])
+    body_limits: Dict[str, int] = Field(description="route -> largest request body in bytes (files plus form fields)", examples=[{"/v1/tag": 33816576}])
+    window_s: WindowRange = Field(description="the analysis windows a request may ask for, seconds")
+    max_top_k: int = Field(description="largest top_k and window_top_k", examples=[527])
 
 
 class LabelList(_Body):
@@ -151,7 +175,8 @@ class Window(_Body):
     index: int
     start_s: float = Field(description="where the window starts in the file, seconds")
     end_s: float = Field(description="where it ends (the file's end for the last, zero-padded window)")
-    tags: List[Tag] = Field(description="this window's top tags, best first")
+    tags: List[Tag] = Field(description="this window's `window_top_k` best tags, best first")
+    tag_scores: List[float] = Field(description="this window's score for each of the clip's `tags`, in their order: a class x time map of the clip's top classes")
 
 
 class Timing(_Body):
@@ -171,15 +196,17 @@ _TAG_EXAMPLE = {
     "tags": [{"index": 74, "mid": "/m/0bt9lr", "name": "Dog", "score": 0.91}, {"index": 75, "mid": "/m/05tny_", "name": "Bark", "score": 0.84}],
     "scores": [0.0123, 0.0009, 0.0031],
     "windows": [
-        {"index": 0, "start_s": 0.0, "end_s": 10.0, "tags": [{"index": 74, "mid": "/m/0bt9lr", "name": "Dog", "score": 0.91}]},
-        {"index": 1, "start_s": 5.0, "end_s": 12.5, "tags": [{"index": 75, "mid": "/m/05tny_", "name": "Bark", "score": 0.79}]},
+        {"index": 0, "start_s": 0.0, "end_s": 10.0, "tags": [{"index": 74, "mid": "/m/0bt9lr", "name": "Dog", "score": 0.91}], "tag_scores": [0.91, 0.84]},
+        {"index": 1, "start_s": 5.0, "end_s": 12.5, "tags": [{"index": 75, "mid": "/m/05tny_", "name": "Bark", "score": 0.79}], "tag_scores": [0.62, 0.79]},
     ],
+    "warnings": [],
     "timing": {"decode_ms": 3.1, "queue_ms": 0.4, "inference_ms": 38.2, "total_ms": 44.0},
 }
 
 
 class TagResult(_Body):
-    """One file's tags: the clip's top tags, every class score, and each window's top tags."""
+    """One file's tags: the clip's top tags, every class score, and each window's top tags (the last two unless
+    `include` leaves them out). Every score has 5 significant digits."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [_TAG_EXAMPLE]})
 
@@ -190,8 +217,12 @@ class TagResult(_Body):
     hop_s: float
     num_windows: int
     tags: List[Tag] = Field(description="the clip's top_k best classes (only those >= threshold when given), best first")
-    scores: List[float] = Field(description="every class's clip score (its maximum over the windows), in label order (GET /v1/labels)")
-    windows: List[Window]
+    scores: List[float] = Field(None, description="every class's clip score (its maximum over the windows), in label order (GET /v1/labels); with `include=scores` (the default)")
+    windows: List[Window] = Field(None, description="the analysis windows in time order; with `include=windows` (the default)")
+    warnings: List[str] = Field(
+        description="what the decoder found wrong with a file it could still use, `<kind>: <sentence>` (kinds: truncated, damaged, header, format_change); empty for a sound file",
+        examples=[["truncated: the header announces 29,102 bytes of audio but only 29,020 are present"]],
+    )
     timing: Timing
 
 

@@ -12,6 +12,7 @@ port), so there is no window in which another process can take the port.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
@@ -22,14 +23,15 @@ import uvicorn
 from audio_dcls.checkpoint import Release, load_release
 
 from .app import create_app
+from .drain import DrainingServer
 from .settings import Settings
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, telling a thread when it listens."""
+class _Server(DrainingServer):
+    """The service's uvicorn server, telling a thread when it listens."""
 
-    def __init__(self, config: uvicorn.Config):
-        super().__init__(config)
+    def __init__(self, config: uvicorn.Config, drain):
+        super().__init__(config, drain)
         self.started_event = threading.Event()
 
     async def startup(self, sockets=None) -> None:
@@ -56,7 +58,7 @@ class BackgroundServer:
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         config = uvicorn.Config(self.app, log_level=log_level, access_log=False, lifespan="on")
-        self._server = _Server(config)
+        self._server = _Server(config, self.app.state.context.drain)
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -84,6 +86,18 @@ class BackgroundServer:
         if wait_ready:
             self.registry.wait(max(0.0, deadline - time.monotonic()))
         return self
+
+    def drain(self) -> None:
+        """What SIGTERM does to ``python -m service`` (a thread cannot receive the signal itself):
+        readiness 503, new uploads 503, exit once the requests in flight are answered; see :meth:`join`."""
+        self._server.handle_exit(signal.SIGTERM, None)
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the server to end (after :meth:`drain`); True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
     def stop(self, timeout: float = 30.0) -> None:
         self._server.should_exit = True

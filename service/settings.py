@@ -37,6 +37,8 @@ class Settings:
     max_batch_files: int = 16  # most files in one /v1/tag/batch request
     max_windows: int = 512  # most analysis windows one file may be cut into (duration, window_s and hop_s decide)
     decode_threads: int = 4  # uploads decoded at the same time (decoding runs in threads, never in the event loop)
+    request_timeout_s: float = 120.0  # a tagging request not answered this long after it arrived gets 504; its windows not yet run are dropped
+    drain_seconds: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish before the process exits anyway
     warmup: bool = True  # run a few forward passes per model before reporting ready
     host: str = "127.0.0.1"  # `python -m service` binds here (0.0.0.0 inside a container)
     port: int = 8000
@@ -49,6 +51,9 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise SettingsError(f"MAX_WAIT_MS must be >= 0, got {self.max_wait_ms}")
+        for name in ("request_timeout_s", "drain_seconds"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)}")
         if self.max_audio_seconds <= 0:
             raise SettingsError(f"MAX_AUDIO_SECONDS must be > 0, got {self.max_audio_seconds}")
         if not (0 < self.port < 65536):

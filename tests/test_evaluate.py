@@ -65,7 +65,7 @@ def test_release_on_store_writes_csv_json_and_plots(trained, tmp_path, capsys):
 
 
 def _write_audio_set(folder: Path):
-    """Six short clips labelled with classes 0/1 only, plus one undecodable file."""
+    """Six short clips labelled with classes 0/1 only (the last cut short), plus one undecodable file."""
     folder.mkdir()
     sr = 32000
     t = np.arange(int(1.27 * sr)) / sr
@@ -74,6 +74,8 @@ def _write_audio_set(folder: Path):
         x = (0.1 * np.sin(2 * np.pi * (300 + 500 * i) * t)).astype(np.float32)
         sf.write(folder / f"clip{i}.wav", x, sr, subtype="PCM_16")
         rows.append((f"clip{i}.wav", "/t/tiny0" if i % 2 else "/t/tiny0;/t/tiny1"))
+    cut = folder / "clip5.wav"
+    cut.write_bytes(cut.read_bytes()[:-100])  # its header announces 100 bytes more than there are: scored, with a warning
     (folder / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
     rows.append(("bad.wav", "/t/tiny1"))
     with open(folder / "set.csv", "w", newline="") as f:
@@ -91,9 +93,14 @@ def test_checkpoint_on_audio_folder_with_a_bad_file(trained, tmp_path, capsys):
     assert summary["model"]["weights"] == "raw"
     assert summary["num_clips"] == 6 and summary["clips_skipped"] == 1
     assert summary["skipped"][0][0] == "bad.wav" and "undecodable" in summary["skipped"][0][1]
+    assert summary["clips_with_warnings"] == 1
+    [(clip, warning)] = summary["decode_warnings"]
+    announced = int(1.27 * 32000) * 2  # 16-bit mono samples
+    assert clip == "clip5.wav" and warning == f"truncated: the header announces {announced:,} bytes of audio but only {announced - 100:,} are present"
     # only two of the model's four classes occur: they are scored, the others are counted out
     assert summary["classes_scored_ap"] == 2 and summary["classes_without_positives"] == 2
-    assert "over 2/4 classes with positives" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "over 2/4 classes with positives" in printed and "1 scored with decode warnings" in printed
 
 
 @pytest.mark.parametrize("args, message", [

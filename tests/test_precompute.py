@@ -20,7 +20,7 @@ from audio_dcls.features import LogMel, LogMelConfig
 from audio_dcls.labels import LabelVocabulary, audioset_vocabulary
 from pipelines.feature_store import FeatureStore, StoreError, verify_store
 from pipelines.precompute import build_feature_store, main
-from pipelines.sources import AudioSetSource, Segment, write_panns_hdf5, write_segments_csv
+from pipelines.sources import AudioSetSource, CustomCsvSource, Segment, write_panns_hdf5, write_segments_csv
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_S = 1.0
@@ -234,3 +234,20 @@ def test_custom_csv_to_store_keeps_its_vocabulary(tmp_path):
     assert ds.vocabulary == LabelVocabulary(["knock", "squeak"]) == LabelVocabulary.from_csv(tmp_path / "s" / "labels.csv")
     assert ds.ids == ["a.wav", "b.wav"] and ds.labels.tolist() == [[1, 0], [1, 1]]
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["source"]["kind"] == "custom_csv"
+
+
+def test_clips_cut_short_are_kept_and_their_warnings_reported(tmp_path, capsys):
+    for name in ("whole.wav", "cut.wav"):
+        sf.write(tmp_path / name, 0.1 * np.sin(np.arange(16000) * 0.1).astype(np.float32), 16000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(cut.read_bytes()[:-82])  # the header announces 82 bytes more than the file holds
+    (tmp_path / "train.csv").write_text("path,labels\nwhole.wav,knock\ncut.wav,knock\n")
+    assert main(["build", str(tmp_path / "s"), "--custom-csv", str(tmp_path / "train.csv"), "--clip-seconds", "1", "--workers", "1", "--no-progress"]) == 0
+    warning = "truncated: the header announces 32,000 bytes of audio but only 31,918 are present"
+    assert FeatureStore(tmp_path / "s").ids == ["whole.wav", "cut.wav"]  # kept, not skipped
+    printed = capsys.readouterr().out
+    assert "kept 1 clips the decoder warned about" in printed and f"cut.wav: {warning}" in printed
+    record = json.loads((tmp_path / "s" / "shards" / "00000.json").read_text())
+    assert record["warnings"] == [["cut.wav", warning]] and record["skipped"] == []
+    report = build_feature_store(CustomCsvSource(tmp_path / "train.csv"), tmp_path / "s", LogMelConfig(clip_seconds=1.0))
+    assert report.warned == [("cut.wav", warning)]  # resumed: the kept shard's warnings are reported again

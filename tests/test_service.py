@@ -207,9 +207,14 @@ def test_tag_result_shape_and_values(client, server):
         assert t["mid"] == vocab.mids[t["index"]] and t["name"] == vocab.display_names[t["index"]]
         assert t["score"] == pytest.approx(scores[t["index"]])
     for w in body["windows"]:
-        assert len(w["tags"]) == 5
+        assert len(w["tags"]) == 3  # window_top_k's default, whatever top_k
         for t in w["tags"]:
             assert t["score"] <= scores[t["index"]] + 1e-7
+        assert len(w["tag_scores"]) == 5  # the window's score of each clip tag
+    # Each clip tag's score is the best of its window scores.
+    for j, t in enumerate(body["tags"]):
+        assert max(w["tag_scores"][j] for w in body["windows"]) == t["score"]
+    assert body["warnings"] == []
     # The maximum over windows reaches the clip score of each top tag.
     for t in body["tags"]:
         window_best = max((wt["score"] for w in body["windows"] for wt in w["tags"] if wt["index"] == t["index"]), default=None)

@@ -49,8 +49,9 @@ EXPECTED = {
     ("get", "/v1/models"): {200, 401, 503},
     ("get", "/v1/models/{name}"): {200, 401, 404, 422, 503},
     ("get", "/v1/labels"): {200, 401, 404, 422, 503},
-    ("post", "/v1/tag"): {200, 400, 401, 404, 413, 415, 422, 503},
+    ("post", "/v1/tag"): {200, 400, 401, 404, 413, 415, 422, 503, 504},
     ("post", "/v1/tag/batch"): {200, 401, 404, 413, 422, 503},
+    ("get", "/v1/limits"): {200, 401},
 }
 
 
@@ -236,20 +237,21 @@ def test_a_real_big_body_to_a_mistyped_route_is_404(server, client):
 
 
 def test_413_names_the_routes_own_limit(server, client):
+    # Sizes for people (KiB/MiB) and the exact byte counts for machines.
     message = error_of(declared_only(server, "POST", "/v1/tag", TAG_LIMIT + 1, AUTH), 413, "payload_too_large")
-    assert f"({TAG_LIMIT + 1} bytes)" in message and f"{TAG_LIMIT}-byte limit of POST /v1/tag:" in message
-    assert f"MAX_UPLOAD_BYTES={MAX_UPLOAD}" in message
+    assert f"(512 KiB, {TAG_LIMIT + 1} bytes)" in message and f"the 512 KiB limit of POST /v1/tag ({TAG_LIMIT} bytes:" in message
+    assert f"MAX_UPLOAD_BYTES={MAX_UPLOAD} bytes (256 KiB)" in message
     message = error_of(declared_only(server, "POST", "/v1/tag/batch", BATCH_LIMIT + 1, AUTH), 413, "payload_too_large")
-    assert f"{BATCH_LIMIT}-byte limit of POST /v1/tag/batch:" in message
+    assert f"the 1.2 MiB limit of POST /v1/tag/batch ({BATCH_LIMIT} bytes:" in message
     assert f"MAX_BATCH_FILES={MAX_FILES}" in message and f"MAX_UPLOAD_BYTES={MAX_UPLOAD}" in message
     # A body over /v1/tag's limit is within the batch route's: there each file is refused on its own.
     big = b"\0" * (MAX_UPLOAD + 1)
     r = client.post("/v1/tag", files={"file": ("big.wav", big), "extra": ("pad.bin", b"\0" * OVERHEAD)})
-    assert r.status_code == 413 and f"{TAG_LIMIT}-byte limit of POST /v1/tag:" in r.json()["error"]["message"]
+    assert r.status_code == 413 and f"limit of POST /v1/tag ({TAG_LIMIT} bytes:" in r.json()["error"]["message"]
     r = client.post("/v1/tag/batch", files=[("files", ("big.wav", big)), ("files", ("ok.wav", wav(2))), ("files", ("pad.wav", b"\0" * OVERHEAD))])
     assert r.status_code == 200, r.text
     assert [x["status"] for x in r.json()["results"]] == [413, 200, 415]  # zeros: no format we know
-    assert "MAX_UPLOAD_BYTES" in r.json()["results"][0]["error"]["message"]
+    assert r.json()["results"][0]["error"]["message"] == f"the file (256 KiB, {MAX_UPLOAD + 1} bytes) exceeds the 256 KiB limit (MAX_UPLOAD_BYTES={MAX_UPLOAD})"
     # Refused before routing, and still counted under the route asked for.
     assert 'audio_dcls_http_requests_total{method="POST",route="/v1/tag",status="413"}' in client.get("/metrics").text
 
@@ -264,7 +266,7 @@ def test_streamed_body_is_cut_off_at_the_routes_limit(client):
     r = client.post("/v1/tag", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=xyz"})
     assert r.status_code == 413, r.text
     message = r.json()["error"]["message"]
-    assert "bytes so far)" in message and f"{TAG_LIMIT}-byte limit of POST /v1/tag:" in message
+    assert "bytes so far)" in message and f"limit of POST /v1/tag ({TAG_LIMIT} bytes:" in message
 
 
 # --- the command line ----------------------------------------------------------------------------------

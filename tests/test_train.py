@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -288,6 +289,9 @@ def test_release_round_trip(full_run, stores):
     assert rel.labels == [(f"/t/tiny{i}", f"tiny class {i}") for i in range(4)]
     assert rel.training["eval"]["mAP"] == pytest.approx(summary["eval"]["mAP"])
     assert rel.training["global_steps"] == 24 and rel.training["finished"]
+    # The classes the training store has positives for, read from its label matrix directly.
+    train_labels = np.concatenate([np.load(p) for p in sorted((stores["train96"] / "shards").glob("*.targets.npy"))])
+    assert rel.training["populated_classes"] == [c for c in range(4) if train_labels[:, c].any()]
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
     assert cfg["training"]["eval"]["classes_scored_ap"] == 4
     ckpt = read_checkpoint(run / "last.pt")
@@ -356,3 +360,23 @@ def test_resume_replays_the_recorded_kernel_routes(tmp_path, stores, one_thread)
         assert read_checkpoint(run / "last.pt")["global_step"] == 16
     finally:
         ops.config.clear_routes()
+
+
+def test_populated_classes_are_those_with_a_positive(tmp_path):
+    from pipelines.data import open_data, open_training_data, populated_classes
+    from pipelines.feature_store import SHARD_DIR, Plan, finalize_store, write_shard
+    from tiny_store import tiny_vocabulary
+
+    def store(folder, labels):
+        plan = Plan(tiny_frontend(), tiny_vocabulary(5), {"kind": "tiny-test"}, folder.name, len(labels), len(labels))
+        (folder / SHARD_DIR).mkdir(parents=True)
+        (folder / "plan.json").write_text(json.dumps(plan.to_dict()))
+        feats = np.zeros((len(labels), 128, 128), np.float16)
+        write_shard(folder, 0, [f"{folder.name}{i}" for i in range(len(labels))], feats, np.array(labels, np.uint8), [])
+        finalize_store(folder)
+        return str(folder)
+
+    a = store(tmp_path / "a", [[1, 0, 0, 0, 0], [1, 0, 0, 1, 0]])
+    b = store(tmp_path / "b", [[0, 0, 0, 0, 1]])
+    assert populated_classes(open_data(a).dataset) == [0, 3]
+    assert populated_classes(open_training_data([a, b]).dataset) == [0, 3, 4]  # classes 1 and 2: never positive

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Security
 from fastapi.responses import Response
 
 from ..dependencies import ServiceContext, api_key_scheme, get_context, not_ready_error
+from ..errors import ServiceError
 from ..schemas import Liveness, Readiness, error_responses
 
 _METRICS_EXAMPLE = """\
@@ -25,16 +26,20 @@ async def live() -> dict:
 
 async def ready(context: ServiceContext = Depends(get_context)) -> dict:
     """Ready once every release folder under MODELS_DIR has been tried, the loaded ones warmed up, and their
-    inference workers run. Folders that failed to load are listed under `failed`; the others are served."""
+    inference workers run, and 503 `shutting_down` from the moment the process gets SIGTERM. Folders that failed
+    to load are listed under `failed`; the others are served."""
     registry = context.registry
+    if context.drain.draining:
+        raise ServiceError(503, "shutting_down", "this instance is shutting down (SIGTERM): it finishes the requests in flight and takes no new uploads", {"Retry-After": "5"})
     if not registry.ready:
         raise not_ready_error(registry)
     return {"status": "ready", "models": sorted(registry.models), "default_model": registry.default_name, "failed": dict(registry.failed)}
 
 
 async def metrics(context: ServiceContext = Depends(get_context)) -> Response:
-    """Requests and latency by route template, queue depth, batch sizes and forward-pass time per model,
-    decode errors by reason, queue rejections, seconds of audio tagged, readiness."""
+    """Requests and latency by route template, requests in flight, refusals by error code, queue depth, batch
+    sizes and forward-pass time per model, decode errors and warnings, queue rejections, timeouts, seconds of
+    audio tagged, readiness, draining; the process's memory, CPU and open files; Python's garbage collector."""
     body, content_type = context.metrics.render()
     return Response(body, media_type=content_type)
 
@@ -49,7 +54,7 @@ def build_router() -> APIRouter:
         response_model=Readiness,
         summary="Readiness",
         response_description="every model is loaded, warmed up and has its worker running",
-        responses=error_responses(503, s503="still loading (`not_ready`), or no release folder could be loaded (`no_models`)"),
+        responses=error_responses(503, s503="still loading (`not_ready`), no release folder could be loaded (`no_models`), or shutting down (`shutting_down`)"),
     )
     router.add_api_route(
         "/metrics",

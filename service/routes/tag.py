@@ -24,12 +24,24 @@ from ..incoming import CountedRoute, IncomingTicket, incoming_ticket
 from ..limits import BodyLimit
 from ..registry import MAX_WINDOW_S, MIN_WINDOW_S, LoadedModel, ModelRegistry
 from ..schemas import BatchTagResponse, TagResponse, error_responses
-from ..tagging import TagParams
+from ..tagging import INCLUDE_CHOICES, TagParams, parse_include
 
 log = logging.getLogger("service")
 
 _S413 = "the body is over the route's limit (`payload_too_large`), the audio over MAX_AUDIO_SECONDS (`audio_too_long`) or cut into more than MAX_WINDOWS windows (`too_many_windows`)"
-_S503 = "still loading (`not_ready`), nothing loaded (`no_models`), or the model's queue is full (`queue_full`): retry after Retry-After seconds"
+_S503 = (
+    "still loading (`not_ready`), nothing loaded (`no_models`), the model's queue is full (`queue_full`), or the instance is "
+    "shutting down (`shutting_down`): retry after Retry-After seconds"
+)
+_S504 = "the result was not ready within REQUEST_TIMEOUT_S (`timeout`); the file's windows not yet run were dropped"
+_INCLUDE_HELP = (
+    f"parts of the result besides the clip's `tags`, comma-separated from {', '.join(INCLUDE_CHOICES)}; `none` for the tags alone "
+    f"(default: all of them, as before this field existed)"
+)
+
+
+MAX_TOP_K = 527  # top_k and window_top_k: at most every class of an AudioSet model
+DEFAULT_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,18 +52,22 @@ class TagRequest:
 
 def tag_request(
     model: Optional[str] = Form(None, max_length=128, description="model name (GET /v1/models); default: the service's default model"),
-    top_k: int = Form(10, ge=1, le=527, description="tags to return for the clip and for each window"),
-    threshold: Optional[float] = Form(None, ge=0.0, le=1.0, description="only tags scoring at least this"),
-    window_s: float = Form(10.0, ge=MIN_WINDOW_S, le=MAX_WINDOW_S, description="analysis window in seconds (the models are trained on 10 s)"),
+    top_k: int = Form(10, ge=1, le=MAX_TOP_K, description="tags to return for the clip"),
+    window_top_k: int = Form(3, ge=1, le=MAX_TOP_K, description="tags to return for each window"),
+    threshold: Optional[float] = Form(None, ge=0.0, le=1.0, description="only tags scoring at least this (the clip's and the windows')"),
+    window_s: float = Form(DEFAULT_WINDOW_S, ge=MIN_WINDOW_S, le=MAX_WINDOW_S, description="analysis window in seconds (the models are trained on 10 s)"),
     hop_s: Optional[float] = Form(None, gt=0.0, le=MAX_WINDOW_S, description="step between windows in seconds, at most window_s (default window_s / 2)"),
+    include: Optional[str] = Form(None, max_length=200, description=_INCLUDE_HELP, examples=["scores,windows"]),
     registry: ModelRegistry = Depends(ready_registry),
 ) -> TagRequest:
     """The form fields both routes share, checked, with the model they name."""
     hop = hop_s if hop_s is not None else window_s / 2.0
     if hop > window_s:
         raise ServiceError(422, "invalid_parameter", f"hop_s ({hop:g}) must not exceed window_s ({window_s:g}): audio between windows would go untagged")
+    parts = parse_include(include)
     loaded = resolve_model(registry, model)
-    return TagRequest(model=loaded, params=TagParams(top_k=top_k, threshold=threshold, window_s=window_s, hop_s=hop))
+    params = TagParams(top_k=top_k, threshold=threshold, window_s=window_s, hop_s=hop, window_top_k=window_top_k, include=parts)
+    return TagRequest(model=loaded, params=params)
 
 
 async def tag(
@@ -62,7 +78,9 @@ async def tag(
 ) -> JSONResponse:
     """Decodes the file, averages it to mono, resamples it to the model's rate, cuts it into `window_s` windows
     every `hop_s` seconds (the last zero-padded) and tags each. A class's clip score is its maximum over the
-    windows; `tags` are the `top_k` best clip scores, best first.
+    windows; `tags` are the `top_k` best clip scores, best first. Scores carry 5 significant digits; `include`
+    leaves out `scores` (every class) or `windows` when they are not wanted. A file that is usable but not
+    whole (a header announcing more audio than there is) is tagged, and `warnings` says what was wrong.
 
     ```
     curl -F file=@dog_bark.wav -F top_k=5 http://127.0.0.1:8000/v1/tag
@@ -95,9 +113,11 @@ async def tag_batch(
             result = await context.tagger.tag(request.model, data, request.params, ticket)
             return {"filename": upload.filename, "status": 200, "result": result}
         except ServiceError as e:
+            context.metrics.refused(e.code, e.status)
             return {"filename": upload.filename, "status": e.status, "error": e.body()}
         except Exception:  # a server fault on one file must not lose the others' results
             log.exception("batch request: file %r failed", upload.filename)
+            context.metrics.refused("internal_error", 500)
             return {"filename": upload.filename, "status": 500, "error": {"code": "internal_error", "message": "the server failed on this file; see its log"}}
 
     results = await asyncio.gather(*(one(f) for f in files))
@@ -117,7 +137,7 @@ def build_router(limits: Mapping[str, BodyLimit]) -> APIRouter:
         description=f"{inspect.cleandoc(tag.__doc__)}\n\nBody limit: {one.bytes} bytes ({one.why}).",
         responses={
             200: {"model": TagResponse, "description": "the file's tags"},
-            **error_responses(400, 401, 404, 413, 415, 422, 503, s413=_S413, s503=_S503),
+            **error_responses(400, 401, 404, 413, 415, 422, 503, 504, s413=_S413, s503=_S503, s504=_S504),
         },
     )
     router.add_api_route(
