@@ -261,6 +261,7 @@ class ModelRegistry:
             log.warning("DEFAULT_MODEL=%s is not loaded; using %s", s.default_model, self.default_name)
         self.state = "ready"
         self.metrics.ready.set(1)
+        log.info("ready: serving %s", ", ".join(sorted(self.models)))
 
     def load_one(self, folder: Path) -> LoadedModel:
         s = self.settings
