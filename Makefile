@@ -27,12 +27,13 @@ $(TEST_STAMP): $(RUN_STAMP) pyproject.toml
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
-# The test stamp: bench_models times the reference dcls package, bench_service drives the server with httpx.
+# The test stamp: bench_models times the reference dcls package, bench_service and soak_service drive the server with httpx.
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/bench_dcls.py
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_precompute.py
 	$(PY) benchmarks/bench_service.py
+	$(PY) benchmarks/soak_service.py --seconds 60
 
 # The tagging service on 127.0.0.1:8000; settings from the environment (MODELS_DIR, PORT, API_KEY, ...)
 # or flags: ARGS="--port 9000 --models-dir /srv/releases" (python -m service --help).

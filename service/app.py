@@ -13,7 +13,11 @@ Work per request, and where it runs:
   limit (service.limits), before the body is read;
 * decoding and resampling: a worker thread (at most ``decode_threads`` at once);
 * front end + model: the model's batching thread (service.batching);
-* the event loop only parses, awaits and formats.
+* the event loop only parses, awaits and formats; answers from 1 KiB on are
+  gzipped for clients that accept it (Starlette's GZipMiddleware).
+
+On SIGTERM the app drains (service.drain): readiness and new uploads answer
+503 while the requests in flight finish, then the process exits 0.
 
 The routes live in service.routes; /docs (Swagger UI) and /redoc are served
 from the assets packaged with ``fastapi-offline`` (no CDN; service.docs), and

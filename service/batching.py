@@ -66,7 +66,7 @@ class TagJob:
     waveform: torch.Tensor  # (N,) float32, padded so that every window fits
     starts: Sequence[int]  # start sample of each window
     window: int  # window length in samples
-    future: Future = field(default_factory=Future)
+    future: Future = field(default_factory=Future)  # set to `scores` once every window has run
     scores: Optional[np.ndarray] = None  # (W, C) filled window by window
     next_window: int = 0  # first window not yet handed to a batch
     done_windows: int = 0
@@ -273,7 +273,9 @@ class BatchWorker:
                 self._pending.clear()
                 self._pending.extend(keep)
             for job in finished:
-                _settle(job.future, result=job)
+                # The scores, not the job: a job whose future held it would be a reference cycle, and its
+                # waveform would wait for the garbage collector instead of going with the request.
+                _settle(job.future, result=job.scores)
         if self.on_batch is not None:
             try:
                 self.on_batch(len(members), elapsed)

@@ -4,17 +4,22 @@ The steps around the model, kept apart from the HTTP layer so each can be
 reasoned about (and reused by the batch route) on its own:
 
 * :func:`decode_upload` — any supported format to mono float32 at the model's
-  rate, with decode failures mapped to HTTP errors (415 not audio, 400 broken,
-  413 too long);
+  rate, with the decoder's warnings (a file cut short is tagged, and says so),
+  and decode failures mapped to HTTP errors (415 not audio, 400 broken, 413
+  too long);
 * :func:`plan_windows` — where each analysis window starts (the last one is
   zero-padded, a clip shorter than a window is padded to one window, as
   AudioSet's short clips are in training);
 * :func:`build_result` — clip scores as the maximum over windows (the usual
   reading of a multi-label tagger over long audio: a sound is present if any
-  window hears it), top tags, and per-window tags with their times;
+  window hears it), top tags, and per-window tags with their times; scores
+  to 5 significant digits, the large parts (``scores``, ``windows``) only
+  when ``include`` asks for them;
 * :class:`UploadTagger` — the three around the model's batching worker, for
   one file: decoding in a thread (at most ``decode_threads`` at once), the
-  job on the worker's queue, the result with its timing.
+  job on the worker's queue, the result with its timing; 504 once
+  REQUEST_TIMEOUT_S have passed, 503 when a drain runs out of time (the
+  windows not yet run are dropped either way).
 """
 from __future__ import annotations
 

@@ -30,6 +30,14 @@ def interpolate(value: str) -> str:
     return _VAR.sub(lambda m: m.group(2) or "", value)
 
 
+def _seconds(duration: str) -> float:
+    """A compose duration ('40s', '1m30s', '1h') in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
@@ -56,6 +64,10 @@ def test_api_service(compose):
     known = {name.upper() for name in Settings.__dataclass_fields__}
     assert set(env) <= known, set(env) - known
     Settings.from_env({k: interpolate(str(v)) for k, v in env.items()})  # and every default parses
+    # Docker sends SIGKILL after stop_grace_period: it must outlast the drain that SIGTERM starts.
+    drain = Settings.from_env({k: interpolate(str(v)) for k, v in env.items()}).drain_seconds
+    assert drain == Settings().drain_seconds
+    assert _seconds(api["stop_grace_period"]) >= drain + 5 + 5  # the drain, uvicorn's 5 s of closing, a margin
     health = api["healthcheck"]["test"]
     assert health[0] == "CMD" and "/health/ready" in " ".join(health)
     assert health[1:3] == ["python", "-c"]

@@ -130,7 +130,11 @@ def test_settings_from_env():
     assert s.models_dir == Path("/models") and s.max_batch_size == 8 and s.max_wait_ms == 2.5 and s.port == 9000
     assert s.api_key is None and s.warmup is False
     assert Settings.from_env({}).models_dir == Path("runs/release")
-    for env in ({"MAX_BATCH_SIZE": "0"}, {"MAX_BATCH_SIZE": "lots"}, {"WARMUP": "maybe"}, {"PORT": "70000"}, {"LOG_LEVEL": "loud"}):
+    s = Settings.from_env({"DRAIN_SECONDS": "5", "REQUEST_TIMEOUT_S": "2.5"})
+    assert s.drain_seconds == 5 and s.request_timeout_s == 2.5
+    assert Settings().drain_seconds == 30 and Settings().request_timeout_s == 120
+    bad = ({"MAX_BATCH_SIZE": "0"}, {"MAX_BATCH_SIZE": "lots"}, {"WARMUP": "maybe"}, {"PORT": "70000"}, {"LOG_LEVEL": "loud"}, {"DRAIN_SECONDS": "0"}, {"REQUEST_TIMEOUT_S": "-1"})
+    for env in bad:
         with pytest.raises(SettingsError):
             Settings.from_env(env)
 
@@ -239,6 +243,46 @@ def test_tag_result_shape_and_values(client, server):
     r2 = post_tag(client, encode(y, sr), filename="tone.mp3", top_k=10, threshold=floor)
     assert r2.status_code == 200
     assert [t["index"] for t in r2.json()["tags"]] == order[:3].tolist()
+
+
+def _significant_digits(x: float) -> int:
+    return len(f"{x:.15g}".lstrip("-0.").replace(".", "").split("e")[0].rstrip("0"))
+
+
+def test_lean_responses_include_window_top_k_and_rounding(client):
+    long_file = encode(clip(47, seed=6), 32000)  # 9 windows
+    full = post_tag(client, long_file, top_k=527).json()
+    # Every score has at most 5 significant digits; the windows list window_top_k tags whatever top_k.
+    numbers = full["scores"] + [t["score"] for t in full["tags"]] + [x for w in full["windows"] for x in w["tag_scores"]]
+    assert max(_significant_digits(x) for x in numbers) <= 5 and min(x for x in numbers) > 0
+    assert len(full["tags"]) == 527 and all(len(w["tags"]) == 3 and len(w["tag_scores"]) == 527 for w in full["windows"])
+    # Ranked by the scores as sent, ties by index: a client sorting `scores` gets the same tags.
+    assert [t["index"] for t in full["tags"]] == sorted(range(527), key=lambda i: (-full["scores"][i], i))
+    seven = post_tag(client, long_file, top_k=4, window_top_k=7).json()
+    assert all(len(w["tags"]) == 7 and len(w["tag_scores"]) == 4 for w in seven["windows"])
+    assert seven["windows"][2]["tags"][:3] == full["windows"][2]["tags"]
+    # include= keeps or leaves out the large parts; the rest of the result is unchanged.
+    base = {k for k in full if k not in ("scores", "windows")}
+    for include, parts in (("none", set()), ("scores", {"scores"}), ("windows", {"windows"}), ("windows, scores", {"scores", "windows"})):
+        body = post_tag(client, long_file, top_k=5, include=include).json()
+        assert set(body) == base | parts, include
+        assert [t["index"] for t in body["tags"]] == [t["index"] for t in full["tags"][:5]]
+    assert_error(post_tag(client, long_file, include="scores,embeddings"), 422, "invalid_parameter")
+    lean = post_tag(client, long_file, include="none")
+    assert len(lean.content) < len(post_tag(client, long_file).content) / 3
+
+
+def test_large_results_are_gzipped(client):
+    data = encode(clip(60, seed=7), 32000)
+    r = client.post("/v1/tag", files={"file": ("a.wav", data)}, headers={"Accept-Encoding": "gzip"})
+    assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+    wire = int(r.headers["content-length"])
+    assert wire < len(r.content) / 2  # httpx inflated it: the JSON is at least twice its size on the wire
+    assert r.json()["num_windows"] == 11
+    plain = client.post("/v1/tag", files={"file": ("a.wav", data)}, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.json()["scores"] == r.json()["scores"]
+    small = client.get("/health/live", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers  # under the 1 KiB floor: not worth compressing
 
 
 def test_second_model_resamples_to_its_own_rate(client):
@@ -379,12 +423,25 @@ def test_corrupt_corpus_gets_4xx_and_the_service_stays_ready(client):
     r = post_tag(client, encode(clip(3, sr=96000, channels=6), 96000, subtype="PCM_24"), filename="surround.wav")
     assert r.status_code == 200, r.text
     assert r.json()["duration_s"] == pytest.approx(3.0, abs=1e-3)
-    # Files cut short are not refused: the audio that is there is tagged.
+    # Files cut short are not refused: the audio that is there is tagged, and the result says what was missing.
     good, six = encode(clip(4), 32000), encode(clip(3, sr=96000, channels=6), 96000, subtype="PCM_24")
-    for name, data, seconds in (("truncated.wav", good[: len(good) // 2], 2.0), ("surround.wav", six[: len(six) // 3], 1.0)):
+    cut_flac = encode(clip(4), 32000, fmt="FLAC")
+    warned_before = _metric_values(client, "audio_dcls_decode_warnings_total")["truncated"]
+    cases = (
+        ("truncated.wav", good[: len(good) // 2], 2.0, "truncated: the header announces 256,000 bytes of audio but only 127,978 are present"),
+        ("surround.wav", six[: len(six) // 3], 1.0, None),
+        ("cut.flac", cut_flac[: len(cut_flac) * 3 // 4], None, None),
+    )
+    for name, data, seconds, warning in cases:
         r = post_tag(client, data, filename=name)
         assert r.status_code == 200, r.text
-        assert r.json()["duration_s"] == pytest.approx(seconds, abs=0.01)
+        if seconds is not None:
+            assert r.json()["duration_s"] == pytest.approx(seconds, abs=0.01)
+        [got] = r.json()["warnings"]
+        assert got.startswith("truncated: ") and (warning is None or got == warning), got
+    assert _metric_values(client, "audio_dcls_decode_warnings_total")["truncated"] - warned_before == 3
+    r = client.post("/v1/tag/batch", files=[("files", ("whole.wav", good)), ("files", ("truncated.wav", good[: len(good) // 2]))])
+    assert [x["result"]["warnings"] for x in r.json()["results"]] == [[], [cases[0][3]]]
     # The same corpus sent at once through the batch route: per-file errors, no 5xx.
     corpus = list(_corpus().values())
     small = [(f, d) for f, d, _ in corpus if len(d) < 5_000_000]
@@ -394,13 +451,18 @@ def test_corrupt_corpus_gets_4xx_and_the_service_stays_ready(client):
     assert client.get("/health/ready").status_code == 200
 
 
-def _decode_error_counts(client):
+def _metric_values(client, name: str) -> dict:
+    """{first label value: value} of a metric with one label."""
     counts = {}
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith("audio_dcls_decode_errors_total{"):
-            reason = line.split('reason="')[1].split('"')[0]
-            counts[reason] = float(line.split()[-1])
+        if line.startswith(name + "{"):
+            label = line.split('="')[1].split('"')[0]
+            counts[label] = float(line.split()[-1])
     return counts
+
+
+def _decode_error_counts(client):
+    return _metric_values(client, "audio_dcls_decode_errors_total")
 
 
 def test_metrics(client):
@@ -459,7 +521,9 @@ def test_full_queue_answers_503_with_retry_after(strict_server):
                 assert_error(r, 503, "queue_full")
                 assert int(r.headers["Retry-After"]) >= 1
         assert c.get("/health/ready").status_code == 200
-        assert 'audio_dcls_queue_rejections_total{model="tiny-convnext"}' in c.get("/metrics").text
+        text = c.get("/metrics").text
+        assert f'audio_dcls_queue_rejections_total{{model="tiny-convnext"}} {codes.count(503)}.0' in text
+        assert f'audio_dcls_refusals_total{{reason="queue_full",status="503"}} {codes.count(503)}.0' in text
 
 
 def test_not_ready_without_models(tmp_path):
@@ -506,7 +570,9 @@ def test_not_ready_while_loading(models_dir, tmp_path):
             assert_error(c.get("/v1/models"), 503, "not_ready")
             assert_error(c.get("/v1/labels"), 503, "not_ready")
             assert_error(post_tag(c, encode(clip(2), 32000)), 503, "not_ready")
-            assert "audio_dcls_ready 0.0" in c.get("/metrics").text
+            text = c.get("/metrics").text
+            assert "audio_dcls_ready 0.0" in text
+            assert 'audio_dcls_refusals_total{reason="not_ready",status="503"} 4.0' in text  # ready, models, labels, tag
             gate.set()
             assert server.registry.wait(120)
             assert c.get("/health/ready").json()["models"] == ["tiny-convnext"]

@@ -193,12 +193,23 @@ def test_real_responses_match_the_documented_schemas(server, client, spec):
     assert listing["default"] == "api-convnext"
     details = conforms(spec, "get", "/v1/models/{name}", client.get("/v1/models/api-convnext"))
     assert details["training"] == {"epochs": 1} and len(details["labels"]) == 527
+    assert details["populated_classes"] is None  # this release does not record them
     assert conforms(spec, "get", "/v1/labels", client.get("/v1/labels"))["num_classes"] == 527
     tagged = conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", wav(3))}, data={"top_k": "3"}))
     assert tagged["filename"] == "a.wav" and len(tagged["scores"]) == 527 and len(tagged["tags"]) == 3
-    files = [("files", ("a.wav", wav(3))), ("files", ("bad.wav", b"not audio" * 100))]
+    lean = conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", wav(3))}, data={"include": "none"}))
+    assert "scores" not in lean and "windows" not in lean and lean["warnings"] == []
+    cut = wav(3)[:-50]
+    warned = conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("cut.wav", cut)}, data={"include": "windows", "window_top_k": "2"}))
+    assert warned["warnings"][0].startswith("truncated: ") and len(warned["windows"][0]["tags"]) == 2
+    files = [("files", ("a.wav", wav(3))), ("files", ("bad.wav", b"not audio" * 100)), ("files", ("cut.wav", cut))]
     batch = conforms(spec, "post", "/v1/tag/batch", client.post("/v1/tag/batch", files=files))
-    assert [x["status"] for x in batch["results"]] == [200, 415]
+    assert [x["status"] for x in batch["results"]] == [200, 415, 200] and batch["results"][2]["result"]["warnings"]
+    limits = conforms(spec, "get", "/v1/limits", client.get("/v1/limits"))
+    assert limits["max_upload_bytes"] == MAX_UPLOAD and limits["max_batch_files"] == MAX_FILES
+    assert limits["body_limits"] == {"/v1/tag": TAG_LIMIT, "/v1/tag/batch": BATCH_LIMIT}
+    conforms(spec, "get", "/v1/limits", httpx.get(server.url + "/v1/limits", timeout=30))  # 401
+    conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", wav(3))}, data={"include": "everything"}))  # 422
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     # Errors, each on a route that documents it.

@@ -6,7 +6,9 @@ wrong job, or a batch mixing lengths, shows up as a wrong number.
 """
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import pytest
 import torch
@@ -47,7 +49,8 @@ class Recorder:
 
 
 def check(job: TagJob, job_id: int):
-    scores = job.future.result(10).scores
+    scores = job.future.result(10)
+    assert scores is job.scores
     assert scores[:, 0].tolist() == [job_id] * job.num_windows
     assert scores[:, 1].tolist() == list(range(job.num_windows))
     assert scores[:, 2].tolist() == [job.window] * job.num_windows
@@ -196,3 +199,23 @@ def test_worker_waits_for_requests_on_their_way():
         assert rec.sizes == [5]  # both in one batch
     finally:
         worker.stop()
+
+
+def test_a_finished_job_is_freed_by_reference_counting_alone():
+    # A job its future pointed back to would be a reference cycle: its waveform (23 MB for a
+    # 3-minute upload) would wait for a full garbage collection, and a busy server's memory grows.
+    gc.disable()
+    worker = BatchWorker("t", Recorder(), max_batch_size=4, max_wait_ms=0, queue_size=4).start()
+    try:
+        first = make_job(1, 3)
+        waveform = weakref.ref(first.waveform)
+        worker.submit(first)
+        check(first, 1)
+        later = make_job(2, 1)
+        worker.submit(later)
+        check(later, 2)  # the worker has left the batch that held the first job
+        del first
+        assert waveform() is None
+    finally:
+        worker.stop()
+        gc.enable()
