@@ -1,7 +1,11 @@
-"""Precompute log-mels into a feature store (see pipelines/feature_store.py).
+"""Precompute a store of training clips (see pipelines/feature_store.py): fp16 log-mels
+(``--kind logmel``, the default) or int16 waveforms (``--kind waveform``: what the
+paper's recipes train on -- the training device augments them and runs the front end).
 
 CPU only -- decoding and the STFT are cheap next to training, so GPUs are never used
 here; spread the work over cores with --workers and over machines with --shard.
+Importing PANNs HDF5 packs into a waveform store copies their int16 samples as they
+are (no decoding) when the pack's rate is the front end's.
 
 One machine (all cores), official AudioSet CSV + a folder of Y{YTID}.wav files::
 
@@ -12,6 +16,13 @@ PANNs HDF5 packs, or your own folder + ``path,labels`` CSV::
 
     python -m pipelines.precompute build data/stores/bal --hdf5 packs/balanced_train.h5
     python -m pipelines.precompute build data/stores/mine --custom-csv my_sounds/train.csv
+
+Waveform stores (the paper recipes), and clips kept whole up to 60 s instead of cut to
+their first 10 s (training then reads them with ``long_clips=first|random_crop|windows``)::
+
+    python -m pipelines.precompute build data/stores/audioset_waveform/eval --kind waveform \
+        --audioset-csv ../shared/audioset/eval_segments.csv --audio-dir /data/audioset/eval
+    python -m pipelines.precompute build data/stores/mine_long --custom-csv my_sounds/train.csv --max-seconds 60
 
 N machines splitting one split (same command with i = 0..N-1, each into its own
 folder), then join and check::
@@ -44,6 +55,9 @@ from audio_dcls.features import LogMelConfig
 from audio_dcls.io import atomic_write_json
 from pipelines.feature_store import (
     SHARD_DIR,
+    STORE_KINDS,
+    WAVEFORM,
+    ClipLayout,
     Plan,
     StoreError,
     default_shard_size,
@@ -52,6 +66,7 @@ from pipelines.feature_store import (
     parse_part,
     read_shard_record,
     remove_stale_store_temps,
+    to_pcm16,
     verify_store,
     write_shard,
 )
@@ -69,23 +84,36 @@ class BuildReport:
     shards_kept: int  # finished by an earlier run and kept
     written: int  # clips in this part's shards (new + kept)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), source-level and decode failures
-    trimmed: int = 0  # clips longer than the clip length, cut (built by this run)
+    trimmed: int = 0  # clips cut to the clip length (or to max_seconds), in this part's shards
+    kept_long: int = 0  # clips longer than the clip length kept whole (max_seconds), in this part's shards
     clips_built: int = 0  # clips processed by this run (written or skipped)
+    layout: ClipLayout = ClipLayout()
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     finished: bool = False  # manifest.json written (single-part builds)
 
+    def long_clip_notes(self) -> list[str]:
+        """What was done with clips longer than the clip length."""
+        clip = f"{self.layout.frontend.clip_seconds:g} s"
+        if not self.layout.variable:
+            return [f"{self.trimmed} clips were longer than the clip length ({clip}) and were cut to their first {clip} (keep them whole with --max-seconds)"] if self.trimmed else []
+        lines = []
+        if self.kept_long:
+            lines.append(f"{self.kept_long} clips longer than {clip} were kept whole (training reads them with long_clips=first|random_crop|windows)")
+        if self.trimmed:
+            lines.append(f"{self.trimmed} clips were longer than --max-seconds {self.layout.max_seconds:g} s and were cut to their first {self.layout.max_seconds:g} s")
+        return lines
+
     def summary(self) -> str:
         i, n = self.part
-        what = "feature store" if n == 1 else f"part {i}/{n} of a feature store"
+        store = "feature store" if self.layout.kind == "logmel" else "waveform store"
+        what = store if n == 1 else f"part {i}/{n} of a {store}"
         rate = f", {self.clips_built / self.seconds:.1f} clips/s" if self.seconds > 0 and self.clips_built else ""
         lines = [
             f"{what} at {self.folder}: {self.written} clips in {self.num_shards} shards "
             f"({self.shards_built} built now, {self.shards_kept} kept from an earlier run) in {self.seconds:.1f} s{rate}"
         ]
-        lines += [f"note: {x}" for x in self.notes]
-        if self.trimmed:
-            lines.append(f"note: {self.trimmed} clips were longer than the clip length and were cut")
+        lines += [f"note: {x}" for x in self.notes + self.long_clip_notes()]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} clips:")
             for reason, count in Counter(r for _, r in self.skipped).most_common(8):
@@ -105,14 +133,14 @@ class BuildReport:
 # the shard builder
 # ----------------------------------------------------------------------------------
 class ShardBuilder:
-    """Decodes clips, computes their log-mels and writes them as one shard.
+    """Decodes clips and writes them as one shard: log-mels, or int16 waveforms.
 
     Picklable: a process pool sends it with each task, and the copy builds its own
     front end where it runs (the module keeps no per-process state).
     """
 
-    def __init__(self, frontend: LogMelConfig, folder: Path):
-        self.frontend = frontend
+    def __init__(self, layout: ClipLayout, folder: Path):
+        self.layout = layout
         self.folder = Path(folder)
         self._logmel = None
 
@@ -124,32 +152,58 @@ class ShardBuilder:
     def __call__(self, task: tuple[int, list[Clip]]) -> dict:
         return self.build(*task)
 
-    def build(self, index: int, clips: list[Clip], on_clip: Callable[[], None] | None = None) -> dict:
-        """Decode, compute and write shard ``index``; returns its summary."""
+    def samples(self, clip: Clip) -> np.ndarray:
+        """The clip at the front end's rate: int16 as packed when a waveform store can copy
+        them (a PANNs pack at that rate), else decoded float32."""
+        sr = self.layout.frontend.sample_rate
+        if self.layout.kind == WAVEFORM and clip.h5_path is not None and (clip.sample_rate or sr) == sr:
+            x = clip.h5.waveform(clip.h5_path, clip.h5_row)
+            if x.dtype == np.int16 and x.ndim == 1:
+                return x
+        return clip.load(sr)
+
+    def fit(self, x: np.ndarray) -> tuple[np.ndarray, bool, bool]:
+        """Pad to the clip length and cut to the longest kept -> (samples, cut, kept long)."""
+        lay, hop = self.layout, self.layout.frontend.hop_length
+        n = len(x)
+        cut = n > lay.max_samples + hop  # a hop's worth of slack: encoders pad the last frame
+        keep = lay.num_samples if n <= lay.num_samples + hop else min(n, lay.max_samples)
+        return pad_or_trim(x, keep), cut, keep > lay.num_samples
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Samples -> the stored array: int16 (L,) or float16 (n_mels, T)."""
         import torch
 
-        from audio_dcls.features import LogMel
-
+        if self.layout.kind == WAVEFORM:
+            return x if x.dtype == np.int16 else to_pcm16(x)
         if self._logmel is None:
-            self._logmel = LogMel(self.frontend).eval()
-        cfg = self.frontend
-        n_samples = int(round(cfg.clip_seconds * cfg.sample_rate))
+            from audio_dcls.features import LogMel
+
+            self._logmel = LogMel(self.layout.frontend).eval()
+        with torch.inference_mode():
+            m = self._logmel(torch.from_numpy(x).unsqueeze(0))  # (1, 1, F, T)
+        return m[0, 0].to(torch.float16).numpy()  # torch's float16 cast is ~30x faster than numpy's
+
+    def build(self, index: int, clips: list[Clip], on_clip: Callable[[], None] | None = None) -> dict:
+        """Decode, encode and write shard ``index``; returns its summary."""
+        lay = self.layout
         C = clips[0].num_classes if clips else 0
-        feats = np.empty((len(clips), cfg.n_mels, cfg.num_frames), dtype=np.float16)
+        fixed = None if lay.variable else np.empty((len(clips), *lay.clip_shape()), dtype=lay.dtype)
+        arrays: list[np.ndarray] = []
         targets = np.zeros((len(clips), C), dtype=np.uint8)
-        ids, skipped, trimmed = [], [], 0
+        ids, skipped, trimmed, kept_long = [], [], 0, 0
         for clip in clips:
             try:
-                x = clip.load(cfg.sample_rate)
-                if len(x) > n_samples + cfg.hop_length:
-                    trimmed += 1
-                x = pad_or_trim(x, n_samples)
-                with torch.inference_mode():
-                    m = self._logmel(torch.from_numpy(x).unsqueeze(0))  # (1, 1, F, T)
+                x, cut, long = self.fit(self.samples(clip))
+                a = self.encode(x)
                 row = len(ids)
-                torch.from_numpy(feats[row]).copy_(m[0, 0])  # torch's float16 cast is ~30x faster than numpy's
+                if fixed is not None:
+                    fixed[row] = a
+                else:
+                    arrays.append(a)
                 targets[row, list(clip.labels)] = 1
                 ids.append(clip.id)
+                trimmed, kept_long = trimmed + cut, kept_long + long
             except AudioDecodeError as e:
                 skipped.append((clip.id, f"undecodable: {e.reason}"))
             except OSError as e:
@@ -157,8 +211,9 @@ class ShardBuilder:
             if on_clip is not None:
                 on_clip()
         n = len(ids)
-        write_shard(self.folder, index, ids, feats[:n], targets[:n], skipped, extra={"trimmed": trimmed})
-        return {"shard": index, "written": n, "skipped": skipped, "trimmed": trimmed, "clips": len(clips)}
+        features = arrays if fixed is None else fixed[:n]
+        write_shard(self.folder, index, ids, features, targets[:n], skipped, extra={"trimmed": trimmed, "kept_long": kept_long}, layout=lay)
+        return {"shard": index, "written": n, "skipped": skipped, "trimmed": trimmed, "kept_long": kept_long, "clips": len(clips)}
 
 
 def _init_pool_worker() -> None:
@@ -183,8 +238,12 @@ def build_feature_store(
     shard_size: int | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    kind: str = "logmel",
+    max_seconds: float | None = None,
 ) -> BuildReport:
-    """Compute fp16 log-mels of every clip of ``source`` into the store folder ``out``.
+    """Store every clip of ``source`` in the store folder ``out``: as fp16 log-mels
+    (``kind='logmel'``) or int16 waveforms (``'waveform'``), padded or cut to the clip
+    length -- or, with ``max_seconds``, kept whole up to that length.
 
     Resumes a previous run with the same inputs (finished shards are kept). With
     ``part=(i, N)`` only shards k with k % N == i are built and the folder is left for
@@ -193,7 +252,10 @@ def build_feature_store(
     """
     t0 = time.perf_counter()
     out = Path(out)
-    shard_size = shard_size or default_shard_size(len(source))
+    if max_seconds is not None and max_seconds <= frontend.clip_seconds:
+        max_seconds = None  # nothing longer than a clip is kept: a fixed-length store
+    layout = ClipLayout(kind, frontend, max_seconds)
+    shard_size = shard_size or default_shard_size(len(source), layout.bytes_per_clip)
     if shard_size < 1:
         raise ValueError("--shard-size must be at least 1")
     if workers < 1:
@@ -207,6 +269,8 @@ def build_feature_store(
         shard_size=shard_size,
         part=part,
         missing=[list(m) for m in source.missing],
+        kind=kind,
+        max_seconds=max_seconds,
     )
     _prepare_folder(out, plan, overwrite)
 
@@ -221,8 +285,8 @@ def build_feature_store(
 
     from tqdm import tqdm
 
-    builder = ShardBuilder(frontend, out)
-    bar = tqdm(total=todo, unit="clip", desc="log-mels", disable=(None if progress is None else not progress), dynamic_ncols=True)
+    builder = ShardBuilder(layout, out)
+    bar = tqdm(total=todo, unit="clip", desc="waveforms" if kind == WAVEFORM else "log-mels", disable=(None if progress is None else not progress), dynamic_ncols=True)
     try:
         if workers == 1 or len(tasks) <= 1:
             results = _run_in_process(builder, tasks, bar)
@@ -244,9 +308,11 @@ def build_feature_store(
         shards_kept=len(kept_records),
         written=sum(r["num_clips"] for r in kept_records.values()) + sum(r["written"] for r in results),
         skipped=skipped,
-        trimmed=sum(r["trimmed"] for r in results),
+        trimmed=sum(r.get("trimmed", 0) for r in [*kept_records.values(), *results]),
+        kept_long=sum(r.get("kept_long", 0) for r in [*kept_records.values(), *results]),
         notes=list(source.notes),
         clips_built=sum(r["clips"] for r in results),
+        layout=layout,
     )
     if part == (0, 1):
         finalize_store(out)
@@ -351,7 +417,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build", help="compute log-mels of a source into a store folder (resumable)")
+    b = sub.add_parser("build", help="store the clips of a source as log-mels or waveforms (resumable)")
     b.add_argument("out", type=Path, help="store folder (created; an unfinished one is resumed)")
     src = b.add_argument_group("source (exactly one)")
     src.add_argument("--audioset-csv", type=Path, help="official AudioSet segment CSV")
@@ -363,7 +429,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=_default_workers(), help="processes (default: all cores available, %(default)s here)")
     b.add_argument("--shard", default="0/1", metavar="i/N", help="build only part i of N (for N machines); join with merge")
     b.add_argument("--shard-size", type=int, default=None, help="clips per shard file (default: 16-512, about 64 shards)")
+    b.add_argument("--kind", choices=STORE_KINDS, default="logmel", help="store fp16 log-mels (default) or int16 waveforms (the paper recipes' data path: augmentation and front end on the training device)")
     b.add_argument("--clip-seconds", type=float, default=LogMelConfig.clip_seconds, help="clips are padded/cut to this length (default %(default)s)")
+    b.add_argument("--max-seconds", type=float, default=None, help="keep clips longer than --clip-seconds whole, up to this many seconds (default: cut them to their first --clip-seconds)")
     b.add_argument("--overwrite", action="store_true", help="discard a store from other inputs in OUT instead of refusing")
     b.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
@@ -388,10 +456,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(source) == 0:
                 raise ValueError(f"the source has no usable clips ({len(source.missing)} listed clips are missing)")
             frontend = LogMelConfig(clip_seconds=args.clip_seconds)
+            if args.max_seconds is not None and args.max_seconds < args.clip_seconds:
+                raise ValueError(f"--max-seconds {args.max_seconds:g} is shorter than --clip-seconds {args.clip_seconds:g}")
             log.info("%d clips to ingest, %d missing from the source", len(source), len(source.missing))
             report = build_feature_store(
                 source, args.out, frontend=frontend, workers=args.workers, part=part,
                 shard_size=args.shard_size, overwrite=args.overwrite, progress=False if args.no_progress else None,
+                kind=args.kind, max_seconds=args.max_seconds,
             )
             print(report.summary())
             return 0
