@@ -1,10 +1,14 @@
-"""Training and evaluation data: feature stores, or audio decoded on the fly, as datasets.
+"""Training and evaluation data: stores, or audio decoded on the fly, as datasets.
 
-Every dataset item is ``(log-mel (1, F, T) or None, target (C,), index, skip reason)``;
-:func:`collate_items` batches them and sets the skipped ones aside. :func:`open_data`
-turns what a user names -- a feature store folder, an AudioSet segment CSV (+ audio
-folder), a ``path,labels`` CSV or PANNs HDF5 packs -- into a :class:`DataSpec`: the
-dataset with its label vocabulary, front-end settings and clip ids.
+Every dataset item is ``(clip or None, target (C,), index, skip reason)``, the clip as
+the data holds it -- a store's fp16 log-mel (1, F, T) or int16 waveform (L,); audio
+decoded on the fly gives int16 waveforms too -- so DataLoader workers only read bytes; the
+front end, augmentation and mixup run on the training device
+(:class:`pipelines.model_input.ModelInput`). :func:`collate_items` batches items and
+sets the skipped ones aside. :func:`open_data` turns what a user names -- a store
+folder, an AudioSet segment CSV (+ audio folder), a ``path,labels`` CSV or PANNs HDF5
+packs -- into a :class:`DataSpec`: the dataset with its label vocabulary, front-end
+settings, item kind and item ids.
 """
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, Dataset, default_collate
 
 from audio_dcls.features import LogMelConfig
 from audio_dcls.labels import LabelVocabulary
+from pipelines.feature_store import LOGMEL, WAVEFORM, to_pcm16
+from pipelines.long_clips import ClipWindows
 
 
 class DataError(ValueError):
@@ -24,46 +30,48 @@ class DataError(ValueError):
 
 
 class StoreItems(Dataset):
-    """A FeatureStore with item indices (and no skips: the store holds decoded clips)."""
+    """A store's clips as items, one clip length each, as stored (no skips: the store holds
+    decoded clips). Long clips of a ``--max-seconds`` store become items as ``long_clips``
+    says (:mod:`pipelines.long_clips`); :meth:`set_epoch` draws the epoch's random crops."""
 
-    def __init__(self, store):
+    def __init__(self, store, long_clips: str = "first", seed: int = 0, salt: int = 0):
         self.store = store
+        lay = store.layout
+        self.windows = ClipWindows(store.lengths, lay.window, lay.stride, long_clips, seed, salt)
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.windows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.windows.set_epoch(epoch)
 
     def __getitem__(self, i: int):
-        x, y = self.store[i]
-        return x, y, int(i), ""
+        clip, start = self.windows[int(i)]
+        # a view on the store's private map: the collate copies it once, into the batch
+        x = torch.from_numpy(self.store.read(clip, start, self.windows.window, copy=False))
+        if self.store.kind == LOGMEL:
+            x = x.unsqueeze(0)  # (1, F, T)
+        return x, torch.from_numpy(self.store.target(clip)), int(i), ""
 
     def close(self) -> None:
         self.store.close()
 
 
 class AudioItems(Dataset):
-    """Clips of a ClipSource decoded and turned into log-mels when read.
-
-    For small sets only: every epoch pays the decoding and the STFT again.
-    The front end is built lazily in each DataLoader worker.
-    """
+    """Clips of a ClipSource decoded when read: int16 waveforms (L,) at the front end's rate,
+    padded or cut to the clip length -- the items a waveform store of the same source gives.
+    For small sets: every epoch decodes again."""
 
     def __init__(self, source, frontend: LogMelConfig):
         self.source = source
         self.frontend = frontend
         self.num_samples = int(round(frontend.clip_seconds * frontend.sample_rate))
-        self._logmel = None
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getstate__(self):
-        d = self.__dict__.copy()
-        d["_logmel"] = None
-        return d
-
     def __getitem__(self, i: int):
         from audio_dcls.audio import AudioDecodeError, pad_or_trim
-        from audio_dcls.features import LogMel
 
         clip = self.source[i]
         y = torch.from_numpy(clip.target)
@@ -73,22 +81,21 @@ class AudioItems(Dataset):
             return None, y, int(i), f"undecodable: {e.reason}"
         except OSError as e:
             return None, y, int(i), f"unreadable: {e.strerror or e}"
-        if self._logmel is None:
-            self._logmel = LogMel(self.frontend).eval()
-        with torch.inference_mode():
-            m = self._logmel(torch.from_numpy(x).unsqueeze(0))[0]  # (1, F, T)
-        return m.clone(), y, int(i), ""
+        return torch.from_numpy(to_pcm16(x)), y, int(i), ""  # int16, as a waveform store holds it
 
     def close(self) -> None:
         self.source.close()
 
 
 def collate_items(batch):
-    """-> (x (B, 1, F, T) or None, y (B, C), indices (B,), [(index, reason)] skipped)."""
+    """-> (x (B, 1, F, T) or (B, L) or None, y (B, C), indices (B,), [(index, reason)] skipped).
+
+    In a DataLoader worker the clips are stacked straight into shared memory (as torch's
+    default_collate does), the one copy a clip makes on its way to the training process."""
     keep = [b for b in batch if not b[3]]
     skipped = [(b[2], b[3]) for b in batch if b[3]]
     if keep:
-        x = torch.stack([b[0] for b in keep])
+        x = default_collate([b[0] for b in keep])
         y = torch.stack([b[1] for b in keep])
         idx = torch.tensor([b[2] for b in keep], dtype=torch.long)
     else:
@@ -96,19 +103,30 @@ def collate_items(batch):
     return x, y, idx, skipped
 
 
+def _parts(dataset: Dataset) -> list:
+    return list(dataset.datasets) if isinstance(dataset, ConcatDataset) else [dataset]
+
+
 @dataclass
 class DataSpec:
     dataset: Dataset
     vocabulary: LabelVocabulary
     frontend: LogMelConfig
-    ids: List[str]  # clip id of each dataset index
+    ids: List[str]  # item id of each dataset index (a clip id; ``id#k`` for the k-th window of a long clip)
     description: Dict = field(default_factory=dict)
     missing: List[Tuple[str, str]] = field(default_factory=list)  # listed clips without audio (source level)
+    item_kind: str = LOGMEL  # what an item's clip is: 'logmel' (fp16 (1, F, T)) or 'waveform' (int16 (L,))
+    notes: List[str] = field(default_factory=list)  # what was done with long clips, for the log
+
+    def set_epoch(self, epoch: int) -> None:
+        """Before each epoch's DataLoader: the epoch's random crops of long clips."""
+        for part in _parts(self.dataset):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
 
     def close(self) -> None:
         """Release what the dataset holds open (HDF5 handles, memory maps)."""
-        parts = self.dataset.datasets if isinstance(self.dataset, ConcatDataset) else [self.dataset]
-        for part in parts:
+        for part in _parts(self.dataset):
             close = getattr(part, "close", None)
             if close is not None:
                 close()
@@ -137,25 +155,43 @@ def _open_source(path: Path, audio_dir: Optional[str], vocabulary: Optional[Labe
     return CustomCsvSource(path, audio_dir=audio_dir or None, vocabulary=vocabulary)
 
 
-def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[LogMelConfig] = None, vocabulary: Optional[LabelVocabulary] = None) -> DataSpec:
-    """A feature store folder, an AudioSet segment CSV (+ ``audio_dir``), a
-    ``path,labels`` CSV or PANNs HDF5 file(s) -> a dataset of ``collate_items`` items.
+def _open_store(path: Path, long_clips: str, seed: int, salt: int) -> DataSpec:
+    from pipelines.feature_store import FeatureStore, StoreError
+
+    try:
+        store = FeatureStore(path)
+    except StoreError as e:
+        raise DataError(str(e)) from None
+    items = StoreItems(store, long_clips, seed, salt)
+    lay = store.layout
+    notes = []
+    if lay.variable:
+        per_unit = (1 if lay.kind == WAVEFORM else lay.frontend.hop_length) / lay.frontend.sample_rate
+        notes.append(f"{path}: {items.windows.describe(per_unit)}")
+    elif long_clips != "first":
+        notes.append(f"{path} holds clips cut to {lay.frontend.clip_seconds:g} s (built without --max-seconds): long_clips={long_clips} has nothing to do there")
+    description = {"kind": "feature_store", "store_kind": store.kind, "path": str(path), "long_clips": long_clips if lay.variable else "first"}
+    return DataSpec(items, store.vocabulary, store.frontend, items.windows.item_ids(store.ids), description, list(store.skipped), store.kind, notes)
+
+
+def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[LogMelConfig] = None, vocabulary: Optional[LabelVocabulary] = None, long_clips: str = "first", seed: int = 0, salt: int = 0) -> DataSpec:
+    """A store folder, an AudioSet segment CSV (+ ``audio_dir``), a ``path,labels`` CSV
+    or PANNs HDF5 file(s) -> a dataset of ``collate_items`` items.
 
     ``frontend``: settings for audio decoded on the fly (default: the paper's).
     ``vocabulary``: the label set CSV and HDF5 labels are read into (default: the
     source's own -- AudioSet's, or a custom CSV's distinct labels); a store keeps its own.
+    ``long_clips`` (first, random_crop, windows): how a store that keeps long clips whole
+    (``--max-seconds``) is cut into items, random crops drawn from (``seed``, epoch,
+    ``salt``, clip); audio decoded on the fly is always cut to its first clip length.
     """
-    from pipelines.feature_store import FeatureStore, StoreError
-
     path = Path(spec)
     if path.is_dir():
-        try:
-            store = FeatureStore(path)
-        except StoreError as e:
-            raise DataError(str(e)) from None
-        return DataSpec(StoreItems(store), store.vocabulary, store.frontend, list(store.ids), {"kind": "feature_store", "path": str(path)}, list(store.skipped))
+        return _open_store(path, long_clips, seed, salt)
     if not path.exists():
         raise DataError(f"{spec}: no such feature store folder or file")
+    if long_clips != "first":
+        raise DataError(f"{spec}: long_clips={long_clips} reads whole clips from a store; build one with `python -m pipelines.precompute build OUT --max-seconds S ...` (audio decoded on the fly is cut to its first clip length)")
     frontend = frontend or LogMelConfig()
     try:
         source = _open_source(path, audio_dir, vocabulary)
@@ -173,19 +209,22 @@ def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[Log
         [c.id for c in source.clips],
         {"kind": source.kind, **source.describe()},
         [tuple(m) for m in source.missing],
+        WAVEFORM,
     )
 
 
-def open_training_data(specs: Sequence[str], audio_dir: Optional[str] = None) -> DataSpec:
-    """The training parts joined into one dataset. The first part fixes the vocabulary and the
-    front end: CSV and HDF5 parts are read into them, stores must already match."""
-    first = open_data(specs[0], audio_dir)
-    parts = [first] + [open_data(p, audio_dir, first.frontend, first.vocabulary) for p in specs[1:]]
+def open_training_data(specs: Sequence[str], audio_dir: Optional[str] = None, long_clips: str = "first", seed: int = 0) -> DataSpec:
+    """The training parts joined into one dataset. The first part fixes the vocabulary, the
+    front end and the item kind: CSV and HDF5 parts are read into them, stores must already match."""
+    first = open_data(specs[0], audio_dir, long_clips=long_clips, seed=seed)
+    parts = [first] + [open_data(p, audio_dir, first.frontend, first.vocabulary, long_clips, seed, salt) for salt, p in enumerate(specs[1:], 1)]
     for p, spec in zip(specs[1:], parts[1:]):
         if spec.vocabulary != first.vocabulary:
             raise DataError(f"train: {p} uses another label vocabulary than {specs[0]}")
         if spec.frontend != first.frontend:
             raise DataError(f"train: {p} was computed with other front-end settings than {specs[0]}")
+        if spec.item_kind != first.item_kind:
+            raise DataError(f"train: {p} gives {spec.item_kind}s but {specs[0]} gives {first.item_kind}s; use stores of one kind (precompute build --kind)")
     if len(parts) == 1:
         return first
     return DataSpec(
@@ -195,4 +234,6 @@ def open_training_data(specs: Sequence[str], audio_dir: Optional[str] = None) ->
         [i for p in parts for i in p.ids],
         {"kind": "concat", "parts": [p.description for p in parts]},
         [m for p in parts for m in p.missing],
+        first.item_kind,
+        [n for p in parts for n in p.notes],
     )

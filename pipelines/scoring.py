@@ -22,6 +22,8 @@ from audio_dcls.labels import LabelVocabulary
 from audio_dcls.metrics import TaggingMetrics, tagging_metrics
 from pipelines.data import DataError, DataSpec, collate_items
 from pipelines.distributed import dist_info, gather_objects, gather_rows
+from pipelines.feature_store import LOGMEL
+from pipelines.model_input import scoring_input
 
 
 class NothingScored(DataError):
@@ -43,7 +45,7 @@ def _num_outputs(model: nn.Module) -> int:
     raise DataError("cannot tell how many classes the model predicts")
 
 
-def _score_slice(model, loader, lo: int, per: int, num_classes_data: int, device, amp_dtype, channels_last: bool, show: bool):
+def _score_slice(model, inputs: nn.Module, loader, lo: int, per: int, num_classes_data: int, device, amp_dtype, channels_last: bool, show: bool):
     """Scores of the clips [lo, lo + per) this rank reads -> (scores, targets, scored, skipped)."""
     from tqdm import tqdm
 
@@ -56,7 +58,7 @@ def _score_slice(model, loader, lo: int, per: int, num_classes_data: int, device
         skipped += skip
         if x is None:
             continue
-        x = x.to(device, non_blocking=True).float()
+        x = inputs(x.to(device, non_blocking=True))  # the front end on the device for waveforms
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
@@ -84,12 +86,16 @@ class ScoringOptions:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: ScoringOptions = ScoringOptions()) -> Predictions:
+def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: ScoringOptions = ScoringOptions(), inputs: Optional[nn.Module] = None) -> Predictions:
     """Score every item of ``dataset`` (batched, eval mode; the model's mode is restored after).
 
-    Under torch.distributed each rank scores one contiguous slice and every rank
-    returns the gathered result.
+    ``inputs`` turns a loaded batch into model input on the device (a
+    :class:`~pipelines.model_input.ModelInput` in eval mode: the front end for waveform
+    items; default: the items are log-mels). Under torch.distributed each rank scores one
+    contiguous slice and every rank returns the gathered result.
     """
+    if inputs is None:
+        inputs = scoring_input(LogMelConfig(), LOGMEL)
     device = torch.device(options.device)
     rank, world = dist_info()
     n = len(dataset)
@@ -100,7 +106,7 @@ def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: 
     was_training = model.training
     model.eval()
     try:
-        scores, targets, scored, skipped = _score_slice(model, loader, lo, per, num_classes_data, device, options.amp_dtype, options.channels_last, show)
+        scores, targets, scored, skipped = _score_slice(model, inputs.to(device), loader, lo, per, num_classes_data, device, options.amp_dtype, options.channels_last, show)
     finally:
         model.train(was_training)
     if world > 1:
@@ -156,7 +162,7 @@ def score(model: nn.Module, model_mids: Sequence[str], model_frontend: LogMelCon
     and compute the tagging metrics. Raises NothingScored when every clip was skipped."""
     check_frontend(model_frontend, data.frontend)
     t0 = time.perf_counter()
-    preds = predict(model, data.dataset, len(data.vocabulary), options)
+    preds = predict(model, data.dataset, len(data.vocabulary), options, scoring_input(data.frontend, data.item_kind))
     seconds = time.perf_counter() - t0
     skipped = [(data.ids[i], reason) for i, reason in preds.skipped]
     keep = preds.scored

@@ -34,7 +34,7 @@ is one optimizer step on a :class:`pipelines.train_state.RunState`.
 Reproducibility. The data order of epoch e is a permutation drawn from (seed, e);
 optimizer step s takes the next ``effective_batch`` clips of it, cut into
 micro-batches m = a·world + rank (a = accumulation index). Every random draw of a
-micro-batch (mixup λ, crops, SpecAugment, drop path) comes from a generator seeded
+micro-batch (augmentation, mixup λ, crops, drop path) comes from a generator seeded
 with (seed, e, s, m); torch's global RNG is forked around it, not consumed. So a run gives the same numbers with 1 process × 2
 accumulation steps or 2 processes × 1, and a resumed run continues exactly where
 the checkpoint left off. Checkpoints also carry every RNG state of every rank.
@@ -70,6 +70,7 @@ from pipelines.checkpoints import (
 )
 from pipelines.data import DataError, DataSpec, collate_items, open_data, open_training_data
 from pipelines.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown_distributed, torchrun_rank
+from pipelines.model_input import check_augment_fits
 from pipelines.run_log import RunLog
 from pipelines.sampling import GlobalBatchSampler
 from pipelines.scoring import NothingScored, Scores, ScoringOptions, align_targets, check_frontend, score
@@ -109,7 +110,12 @@ def check_run_folder(cfg: TrainConfig, resume: bool) -> Tuple[Optional[Dict], Op
 def open_run_data(cfg: TrainConfig) -> Tuple[DataSpec, Optional[DataSpec]]:
     """The training data and the evaluation data (read into the training vocabulary and front
     end where it is decoded on the fly; a store must match the front end and share classes)."""
-    data = open_training_data(cfg.train, cfg.audio_dir or None)
+    data = open_training_data(cfg.train, cfg.audio_dir or None, cfg.long_clips, cfg.seed)
+    try:
+        check_augment_fits(cfg.augment, data.item_kind, f"train={cfg.train[0] if len(cfg.train) == 1 else cfg.train}")
+    except BaseException:
+        data.close()
+        raise
     if not cfg.eval:
         return data, None
     try:
@@ -204,7 +210,7 @@ class Trainer:
         data, eval_data = open_run_data(cfg)
         try:
             sampler = plan_steps(cfg, len(data.dataset), env)
-            state = build_run_state(cfg, len(data.vocabulary), env.device, sampler.steps_per_epoch, sampler.accum, data.frontend.std, env.world)
+            state = build_run_state(cfg, len(data.vocabulary), env.device, sampler.steps_per_epoch, sampler.accum, data.frontend, data.item_kind, env.world)
             if ckpt is not None:
                 resume_state(state, ckpt, env, cfg.resolved_output_dir() / CHECKPOINT_FILE, sampler.steps_per_epoch)
             state.train_model = wrap_for_training(state.model, cfg, env)
@@ -245,6 +251,10 @@ class Trainer:
             cfg.model, f"{_count_params(s.model):,}", len(self.data.vocabulary), len(self.data.dataset), self.sampler.steps_per_epoch, cfg.epochs,
             cfg.batch_size, self.env.world, self.sampler.accum, cfg.effective_batch, self.env.device,
         )
+        log.info("data path: %s items -> %s on %s (augment=%s), then label smoothing %g and mixup alpha %g", self.data.item_kind,
+                 "front end" if self.data.item_kind == "waveform" else "log-mels", self.env.device, cfg.augment, cfg.label_smoothing, cfg.mixup_alpha)
+        for note in self.data.notes:
+            log.info("long clips: %s", note)
 
     # --- one epoch -------------------------------------------------------------------
     def _run_epoch(self) -> None:
@@ -278,6 +288,7 @@ class Trainer:
     def _train_steps(self) -> _EpochMeter:
         """The optimizer steps of the current epoch, from state.step_in_epoch on."""
         s, cfg, steps = self.state, self.cfg, self.sampler.steps_per_epoch
+        self.data.set_epoch(s.epoch)  # the epoch's random crops of long clips, before the workers start
         loader = DataLoader(
             self.data.dataset,
             batch_sampler=self.sampler.batches(s.epoch, s.step_in_epoch),
@@ -390,6 +401,7 @@ class Trainer:
             "weights": "ema" if s.ema is not None else "raw",
             "train_data": cfg.train,
             "train_clips": len(self.data.dataset),
+            "data_path": {"items": self.data.item_kind, "augment": cfg.augment, "long_clips": self.data.notes or None},
             "eval_data": cfg.eval or None,
             "seconds": round(seconds, 1),
             "finished": not self.stopped or s.global_step >= self.sampler.steps_per_epoch * cfg.epochs,

@@ -15,6 +15,7 @@ every seed.
 from __future__ import annotations
 
 import difflib
+import logging
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from audio_dcls.io import atomic_write
+from pipelines.long_clips import LONG_CLIP_MODES
+
+log = logging.getLogger(__name__)
+
+AUGMENTS = ("dcls_audio", "specaugment", "none")  # training augmentations (pipelines.model_input)
 
 
 class ConfigError(ValueError):
@@ -42,6 +48,7 @@ class TrainConfig:
     eval: str = ""  # feature store or CSV evaluated during training ('' = none)
     audio_dir: str = ""  # audio folder for AudioSet segment CSVs named in train/eval (front end runs on the fly)
     crop_frames: int = 0  # train on random crops of this many frames (0 = whole clips); evaluation sees whole clips
+    long_clips: str = "first"  # clips kept whole by a --max-seconds store: 'first' window, a 'random_crop' per epoch, or every window an item ('windows')
     workers: int = 4  # DataLoader worker processes per rank (0 = load in the training process)
     # --- optimisation --------------------------------------------------------------
     epochs: int = 60  # passes over the training data
@@ -60,7 +67,8 @@ class TrainConfig:
     # --- regularisation ------------------------------------------------------------
     mixup_alpha: float = 0.8  # mixup on every batch with λ ~ Beta(α, α) (0 = off)
     label_smoothing: float = 0.1  # targets become (1 - ε)·y + ε/C before mixup
-    specaugment: bool = False  # SpecAugment masks, time roll and gain on training log-mels (AugmentConfig defaults)
+    augment: str = "dcls_audio"  # 'dcls_audio' (the paper's: roll, speed perturbation, erasing before the mel scale; needs waveform data), 'specaugment' (masks, roll, gain on log-mels) or 'none'
+    augment_args: Dict[str, Any] = field(default_factory=dict)  # overrides of the augmentation's settings: DclsAudioAugmentConfig (audio_dcls.augment) or AugmentConfig (audio_dcls.features) fields, e.g. {speed_p: 0.3}
     ema_decay: float = 0.0  # keep an EMA of the weights (e.g. 0.9998; 0 = off); evaluated and released instead of the raw weights
     # --- execution -----------------------------------------------------------------
     seed: int = 0  # seeds init, data order, mixup, drop path and augmentation
@@ -168,12 +176,29 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _read_legacy_keys(settings: Dict[str, Any], origin: str) -> Dict[str, Any]:
+    """Keys of earlier versions, read as their replacements: ``specaugment: true|false``
+    (before ``augment``) -> ``augment: specaugment|none``."""
+    if "specaugment" not in settings:
+        return settings
+    settings = dict(settings)
+    old = settings.pop("specaugment")
+    if not isinstance(old, bool):
+        raise ConfigError(f"{origin}: specaugment: expected true or false, got {old!r} (it is replaced by augment: dcls_audio|specaugment|none)")
+    if "augment" in settings:
+        raise ConfigError(f"{origin}: give augment only; specaugment is its old form")
+    settings["augment"] = "specaugment" if old else "none"
+    if origin != "saved config":
+        log.warning("%s: specaugment: %s is read as augment: %s (specaugment is replaced by augment: dcls_audio|specaugment|none)", origin, str(old).lower(), settings["augment"])
+    return settings
+
+
 def apply_settings(values: Dict[str, Any], settings: Dict[str, Any], origin: str) -> None:
     """Merge ``settings`` (from a recipe or overrides) into ``values`` with checking.
 
     Keys may be dotted into a mapping field: ``model_args.dims``.
     """
-    for key, value in settings.items():
+    for key, value in _read_legacy_keys(settings, origin).items():
         head, _, rest = str(key).partition(".")
         if head not in _HINTS:
             raise _unknown(head)
@@ -210,6 +235,9 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     need(0 <= cfg.drop_path < 1, f"drop_path must be in [0, 1), got {cfg.drop_path}")
     need(cfg.amp_dtype in ("bfloat16", "float16"), f"amp_dtype must be 'bfloat16' or 'float16', got {cfg.amp_dtype!r}")
+    need(cfg.augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
+    need(not cfg.augment_args or cfg.augment != "none", "augment_args are given but augment=none")
+    need(cfg.long_clips in LONG_CLIP_MODES, f"long_clips must be one of {', '.join(LONG_CLIP_MODES)}, got {cfg.long_clips!r}")
     need(cfg.crop_frames >= 0 and cfg.workers >= 0 and cfg.threads >= 0 and cfg.max_steps >= 0, "crop_frames, workers, threads and max_steps must be >= 0")
     need(cfg.eval_every >= 1 and cfg.log_every >= 1 and cfg.checkpoint_every >= 0, "eval_every and log_every must be >= 1, checkpoint_every >= 0")
     need(bool(cfg.train), "train is empty: name at least one feature store (train=[path,...])")

@@ -3,7 +3,9 @@
 :class:`RunState` holds the model, optimizer, schedule, AMP scaler, EMA and the step
 counters; ``state_dict()`` / ``load_state_dict()`` are what a checkpoint saves and a
 resume restores. :class:`StepRecipe` is what one optimizer step does (accumulation,
-label smoothing, mixup, crops, clipping, AMP), read once from the config.
+label smoothing, mixup, clipping, AMP), read once from the config; the front end and
+augmentation that turn a raw batch into model input are the run's
+:class:`~pipelines.model_input.ModelInput`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from torch import nn
 
 from audio_dcls.features import LogMelConfig
 from audio_dcls.model_factory import ModelBuildError, build_model
+from pipelines.model_input import training_input
 from pipelines.optim import WarmupCosine, build_optimizer
 from pipelines.train_config import ConfigError, TrainConfig
 
@@ -61,7 +64,6 @@ class StepRecipe:
     accum: int  # micro-batches per optimizer step on each process
     label_smoothing: float  # targets -> (1 - eps)·y + eps/C
     mixup_alpha: float  # lambda ~ Beta(alpha, alpha) per micro-batch (0 = off)
-    crop_frames: int  # random crops of this many frames (0 = whole clips)
     clip_grad: float  # global gradient-norm clip (0 = off)
     clamp_positions: bool  # keep DCLS tap centres inside their grid after each step
     channels_last: bool  # NHWC inputs
@@ -75,7 +77,6 @@ class StepRecipe:
             accum=accum,
             label_smoothing=cfg.label_smoothing,
             mixup_alpha=cfg.mixup_alpha,
-            crop_frames=cfg.crop_frames,
             clip_grad=cfg.clip_grad,
             clamp_positions=cfg.clamp_positions,
             channels_last=cfg.channels_last,
@@ -89,11 +90,13 @@ class RunState:
 
     ``epoch`` / ``step_in_epoch`` say where the run goes on: the next optimizer step is
     step ``step_in_epoch`` of epoch ``epoch``. ``train_model`` is what the forward pass
-    calls -- the model itself, or its DDP / torch.compile wrapper -- and ``augment`` the
-    optional log-mel augmentation; neither is state. ``world`` is the number of processes.
+    calls -- the model itself, or its DDP / torch.compile wrapper -- and ``inputs`` what
+    turns a raw batch on the device into model input (a ModelInput: front end,
+    augmentation, crops; None: the batch is already log-mels, cast to float32); neither
+    is state. ``world`` is the number of processes.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: WarmupCosine, recipe: StepRecipe, device: torch.device, scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, augment: Optional[nn.Module] = None, world: int = 1):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: WarmupCosine, recipe: StepRecipe, device: torch.device, scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, inputs: Optional[nn.Module] = None, world: int = 1):
         self.model = model
         self.train_model = model
         self.optimizer = optimizer
@@ -102,7 +105,7 @@ class RunState:
         self.ema = ema
         self.recipe = recipe
         self.device = device
-        self.augment = augment
+        self.inputs = inputs
         self.world = world
         self.epoch = 0
         self.step_in_epoch = 0
@@ -140,10 +143,11 @@ class RunState:
         self.epoch, self.step_in_epoch, self.global_step = int(d["epoch"]), int(d["step_in_epoch"]), int(d["global_step"])
 
 
-def build_run_state(cfg: TrainConfig, num_classes: int, device: torch.device, steps_per_epoch: int, accum: int, db_per_unit: float = LogMelConfig.std, world: int = 1) -> RunState:
+def build_run_state(cfg: TrainConfig, num_classes: int, device: torch.device, steps_per_epoch: int, accum: int, frontend: LogMelConfig = LogMelConfig(), item_kind: str = "logmel", world: int = 1) -> RunState:
     """A fresh run: model initialised from ``cfg.seed``, optimizer, warmup-cosine schedule
-    over ``cfg.epochs`` epochs, EMA, scaler and augmentation (``db_per_unit``: the front
-    end's dB per normalised unit) as configured."""
+    over ``cfg.epochs`` epochs, EMA, scaler, and the model input (front end ``frontend``
+    for data of ``item_kind``, augmentation) on ``device``, as configured."""
+    inputs = training_input(cfg, frontend, item_kind).to(device)
     torch.manual_seed(cfg.seed)
     model = build_training_model(cfg, num_classes).to(device)
     if cfg.channels_last:
@@ -158,9 +162,4 @@ def build_run_state(cfg: TrainConfig, num_classes: int, device: torch.device, st
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     recipe = StepRecipe.from_config(cfg, accum, device)
     scaler = torch.amp.GradScaler("cuda", enabled=recipe.use_amp and recipe.amp_dtype == torch.float16)
-    augment = None
-    if cfg.specaugment:
-        from audio_dcls.features import AugmentConfig, LogMelAugment
-
-        augment = LogMelAugment(AugmentConfig(), db_per_unit=db_per_unit).train()
-    return RunState(model, optimizer, schedule, recipe, device, scaler, ema, augment, world)
+    return RunState(model, optimizer, schedule, recipe, device, scaler, ema, inputs, world)
