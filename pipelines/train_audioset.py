@@ -2,9 +2,12 @@
 
 With AudioSet (``AUDIOSET_ROOT`` or ``--audioset-root``): the official segment CSVs
 plus audio folders, or PANNs HDF5 packs, are found under the root; each split is
-precomputed into a feature store unless it already is (a killed precompute
-resumes); the paper recipe is trained (``CONFIG``, default
-configs/convnext_tiny_dcls.yaml) on balanced + unbalanced and evaluated on eval::
+precomputed into a store unless it already is (a killed precompute resumes) --
+waveform stores (``data/stores/audioset_waveform/``) for the paper recipes, whose
+augmentation (``augment: dcls_audio``) and front end run on the GPU, log-mel stores
+(``data/stores/audioset/``) for a recipe with ``augment: specaugment|none``; the
+recipe is trained (``CONFIG``, default configs/convnext_tiny_dcls.yaml) on balanced +
+unbalanced and evaluated on eval::
 
     make train-audioset AUDIOSET_ROOT=/data/audioset                    # one GPU
     make train-audioset AUDIOSET_ROOT=/data/audioset NPROC=8            # torchrun, 8 GPUs
@@ -119,10 +122,10 @@ def find_audioset(root: Path) -> Dict[str, SplitInput]:
     return found
 
 
-def build_store(inp: SplitInput, out: Path, workers: int, overwrite: bool = False) -> Path:
-    """Precompute one split. A finished store of the same inputs is kept as it is and an
-    unfinished one resumed (both by build_feature_store); ``overwrite`` replaces a store
-    built from other inputs instead of refusing."""
+def build_store(inp: SplitInput, out: Path, workers: int, overwrite: bool = False, kind: str = "logmel") -> Path:
+    """Precompute one split into a store of ``kind`` (logmel or waveform). A finished store
+    of the same inputs is kept as it is and an unfinished one resumed (both by
+    build_feature_store); ``overwrite`` replaces a store built from other inputs instead of refusing."""
     from pipelines.precompute import build_feature_store
     from pipelines.sources import AudioSetSource, PannsHdf5Source
 
@@ -130,8 +133,8 @@ def build_store(inp: SplitInput, out: Path, workers: int, overwrite: bool = Fals
     with source:
         if len(source) == 0:
             raise SetupError(f"{inp.describe()}: no clip with audio ({len(source.missing)} listed clips missing)")
-        log.info("feature store %s <- %s: %d clips (%d listed clips have no audio)", out, inp.split, len(source), len(source.missing))
-        report = build_feature_store(source, out, workers=workers, overwrite=overwrite)
+        log.info("%s store %s <- %s: %d clips (%d listed clips have no audio)", kind, out, inp.split, len(source), len(source.missing))
+        report = build_feature_store(source, out, workers=workers, overwrite=overwrite, kind=kind)
     log.info("%s", report.summary().replace("\n", "; "))
     return out
 
@@ -252,6 +255,13 @@ def run_embedded(args, overrides: List[str]) -> int:
     return 0
 
 
+def store_kind(config: str, overrides: List[str]) -> str:
+    """The store a recipe trains on: waveforms for augment=dcls_audio (the paper recipes), else log-mels."""
+    from pipelines.train_config import load_config
+
+    return "waveform" if load_config(config, overrides, require_data=False).augment == "dcls_audio" else "logmel"
+
+
 def run_audioset(args, overrides: List[str]) -> int:
     t0 = time.perf_counter()
     config = config_path(args.config or DEFAULT_PAPER_CONFIG)
@@ -260,9 +270,10 @@ def run_audioset(args, overrides: List[str]) -> int:
     if args.audioset_root:
         root = Path(args.audioset_root)
         found = find_audioset(root)
-        stores = Path(args.stores) if args.stores else Path(args.data_dir) / "stores" / "audioset"
+        kind = store_kind(config, overrides)
+        stores = Path(args.stores) if args.stores else Path(args.data_dir) / "stores" / ("audioset_waveform" if kind == "waveform" else "audioset")
         workers = args.workers or _cores()
-        built = {s: build_store(inp, stores / s, workers) for s, inp in found.items()}
+        built = {s: build_store(inp, stores / s, workers, kind=kind) for s, inp in found.items()}
         train = [str(built[s]) for s in ("balanced_train", "unbalanced_train") if s in built]
         eval_store = built["eval"]
         base += [f"train=[{','.join(train)}]", f"eval={eval_store}"]

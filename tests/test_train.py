@@ -1,5 +1,6 @@
 """pipelines.train: config, schedule, mixup, sampler, DDP = 1 process, exact resume
-after SIGKILL, non-finite loss, and the release folder round trip."""
+after SIGKILL -- both on log-mel stores and on waveform stores with the paper's
+augmentation on the training device --, non-finite loss, and the release folder round trip."""
 from __future__ import annotations
 
 import csv
@@ -24,13 +25,14 @@ from pipelines.train import main, train
 from pipelines.train_config import ConfigError, load_config
 from pipelines.train_state import build_training_model
 from pipelines.train_step import mixup, smooth_labels
-from tiny_store import TINY_MODEL_ARGS, make_tiny_store, tiny_frontend
+from tiny_store import TINY_MODEL_ARGS, make_tiny_store, make_tiny_waveform_store, tiny_frontend
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
     "model=convnext_atto_dcls_audio",
     "model_args={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}",
     "drop_path=0.1",  # random per sample: DDP equality and resume must reproduce it
+    "augment=none",  # the log-mel stores below; the waveform runs set augment=dcls_audio
     "layer_scale_init=1.0",
     "workers=0",
     "warmup_epochs=0.5",
@@ -53,6 +55,11 @@ def _steps(run: Path):
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
 
 
+# The two data paths: fp16 log-mel stores (no augmentation), and int16 waveform stores
+# with the paper's augmentation + front end on the training device.
+DATA_PATHS = {"logmel": ("", "augment=none"), "waveform": ("wave_", "augment=dcls_audio")}
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
@@ -60,7 +67,15 @@ def stores(tmp_path_factory):
         "train96": make_tiny_store(root / "train96", n=96, seed=0),
         "train64": make_tiny_store(root / "train64", n=64, seed=1),
         "eval": make_tiny_store(root / "eval", n=32, seed=2),
+        "wave_train96": make_tiny_waveform_store(root / "wave_train96", n=96, seed=0),
+        "wave_train64": make_tiny_waveform_store(root / "wave_train64", n=64, seed=1),
+        "wave_eval": make_tiny_waveform_store(root / "wave_eval", n=32, seed=2),
     }
+
+
+def _data_args(stores, kind: str, train: str):
+    prefix, augment = DATA_PATHS[kind]
+    return [f"train=[{stores[prefix + train]}]", f"eval={stores[prefix + 'eval']}", augment]
 
 
 # ----------------------------------------------------------------------------------
@@ -154,24 +169,35 @@ def test_sampler_same_micro_batches_whatever_the_world_size():
 # ----------------------------------------------------------------------------------
 # runs
 # ----------------------------------------------------------------------------------
-def _train_args(run: Path, stores, *extra):
-    return TINY + [f"train=[{stores['train96']}]", f"eval={stores['eval']}", "epochs=2", "effective_batch=8", "checkpoint_every=1", f"output_dir={run}", *extra]
+def _train_args(run: Path, stores, *extra, kind: str = "logmel"):
+    return TINY + _data_args(stores, kind, "train96") + ["epochs=2", "effective_batch=8", "checkpoint_every=1", f"output_dir={run}", *extra]
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, stores, one_thread):
-    """An uninterrupted 2-epoch run (in this process, on one thread like the CLI runs with
-    threads=1), the reference for resume."""
-    run = tmp_path_factory.mktemp("full") / "run"
-    cfg = load_config(None, _train_args(run, stores))
-    summary = train(cfg, progress=False)
-    return run, summary
+def reference_runs(tmp_path_factory, stores, one_thread):
+    """Uninterrupted 2-epoch runs, one per data path (in this process, on one thread like the
+    CLI runs with threads=1), made when first asked for: the references for resume."""
+    made = {}
+
+    def get(kind: str):
+        if kind not in made:
+            run = tmp_path_factory.mktemp(f"full_{kind}") / "run"
+            made[kind] = run, train(load_config(None, _train_args(run, stores, kind=kind)), progress=False)
+        return made[kind]
+
+    return get
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, stores, full_run):
-    ref_run, _ = full_run
+@pytest.fixture(scope="module")
+def full_run(reference_runs):
+    return reference_runs("logmel")
+
+
+@pytest.mark.parametrize("kind", ["logmel", "waveform"])
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, stores, reference_runs, kind):
+    ref_run, ref_summary = reference_runs(kind)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipelines.train", *_train_args(run, stores)]
+    cmd = [sys.executable, "-m", "pipelines.train", *_train_args(run, stores, kind=kind)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
@@ -200,6 +226,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, stores, full_r
     # the CLI logs into the run folder, both the killed run and its resumption
     log_text = (run / "train.log").read_text()
     assert "convnext_atto_dcls_audio:" in log_text and f"resumed {run / 'last.pt'}" in log_text
+    augment = DATA_PATHS[kind][1].split("=")[1]
+    assert f"data path: {kind} items" in log_text and f"(augment={augment})" in log_text
+    assert ref_summary["data_path"] == {"items": kind, "augment": augment, "long_clips": None}
+    assert ref_summary["eval"]["mAP"] > 0.5  # learnable with either data path (chance is ~0.45)
 
 
 def test_resume_guards(full_run, stores):
@@ -210,8 +240,9 @@ def test_resume_guards(full_run, stores):
         train(load_config(None, _train_args(run, stores, "lr=1e-3")), resume=True, progress=False)
 
 
-def test_ddp_two_processes_match_one_process(tmp_path, stores, one_thread):
-    common = TINY + [f"train=[{stores['train64']}]", f"eval={stores['eval']}", "epochs=2", "effective_batch=16"]
+@pytest.mark.parametrize("kind", ["logmel", "waveform"])
+def test_ddp_two_processes_match_one_process(tmp_path, stores, one_thread, kind):
+    common = TINY + _data_args(stores, kind, "train64") + ["epochs=2", "effective_batch=16"]
     single = tmp_path / "single"
     train(load_config(None, common + [f"output_dir={single}"]), progress=False)  # 1 process x 2 accumulation steps
     ddp = tmp_path / "ddp"
