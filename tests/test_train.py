@@ -122,6 +122,35 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
         load_config(recipe)
 
 
+def test_augment_key_its_old_form_and_the_data_it_needs(tmp_path, stores, capsys):
+    from pipelines.train_config import config_from_dict
+
+    assert load_config(None, ["train=x"]).augment == "dcls_audio"  # the paper's recipe is the default
+    assert load_config(None, ["train=x", "specaugment=true"]).augment == "specaugment"  # recipes written before augment
+    assert load_config(None, ["train=x", "specaugment=false"]).augment == "none"
+    old = load_config(None, ["train=x", "augment=none"]).to_dict()
+    del old["augment"]
+    old["specaugment"] = False
+    assert config_from_dict(old).augment == "none"  # a checkpoint saved before augment resumes with what it did
+    for bad, msg in [
+        (["augment=mixup"], "augment must be one of dcls_audio, specaugment, none"),
+        (["specaugment=true", "augment=none"], "give augment only; specaugment is its old form"),
+        (["specaugment=3"], "specaugment: expected true or false"),
+        (["augment=none", "augment_args={speed_p: 0.3}"], "augment_args are given but augment=none"),
+        (["long_clips=all"], "long_clips must be one of first, random_crop, windows"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            load_config(None, ["train=x", *bad])
+    # a log-mel store with the waveform augmentation: one line naming the fix, before any model is built
+    args = TINY + [f"train=[{stores['train64']}]", "augment=dcls_audio", "epochs=1", "effective_batch=8", f"output_dir={tmp_path / 'run'}"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train: error: augment=dcls_audio") and "\n" not in err
+    assert f"but train={stores['train64']} holds log-mels" in err and "--kind waveform" in err and "augment=none" in err
+    assert main(TINY + [f"train=[{stores['wave_train64']}]", "augment=dcls_audio", "augment_args={speed_pp: 1}", "epochs=1", "effective_batch=8", f"output_dir={tmp_path / 'run2'}"]) == 1
+    assert "augment_args: unknown augmentation settings: ['speed_pp']" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------
 # schedule, optimizer groups, mixup, label smoothing, sampler
 # ----------------------------------------------------------------------------------
@@ -356,6 +385,13 @@ def test_train_audioset_finds_the_layouts(tmp_path):
         (packs / name).write_bytes(b"")
     found = find_audioset(tmp_path / "panns")
     assert found["unbalanced_train"].kind == "hdf5" and len(found["unbalanced_train"].hdf5) == 2
+    # the paper recipes train on waveform stores, a recipe without waveform augmentation on log-mels
+    from pipelines.train_audioset import store_kind
+
+    for recipe in ("convnext_tiny", "convnext_tiny_dcls", "convformer_s18", "convformer_s18_dcls", "fastvit_sa24", "fastvit_sa24_dcls"):
+        assert store_kind(str(REPO / "configs" / f"{recipe}.yaml"), []) == "waveform"
+    assert store_kind(str(REPO / "configs" / "convnext_tiny_dcls.yaml"), ["augment=specaugment"]) == "logmel"
+    assert store_kind(str(REPO / "configs" / "cpu_mini.yaml"), []) == "logmel"
     (root / "eval_segments.csv").unlink()
     with pytest.raises(SetupError, match="eval_segments.csv is missing"):
         find_audioset(root)
