@@ -72,7 +72,6 @@ class TagJob:
     done_windows: int = 0
     submitted_at: float = 0.0  # time.perf_counter() values, for the timing block of the response
     first_batch_at: Optional[float] = None
-    finished_at: Optional[float] = None
     compute_s: float = 0.0  # this job's share of the forward passes it took part in
 
     @property
@@ -114,7 +113,6 @@ class BatchWorker:
         self._lock = threading.Lock()  # guards _pending's length for depth() readers
         self._stopping = threading.Event()
         self._seconds_per_window = 0.0  # running mean, for Retry-After
-        self.batches_run = 0
         self._thread = threading.Thread(target=self._run, name=f"infer-{name}", daemon=True)
 
     # --- control ---------------------------------------------------------------------
@@ -212,7 +210,9 @@ class BatchWorker:
                 self._take(block=True, timeout=left)
             elif self.incoming() > 0:
                 self._take(block=True, timeout=min(left, 0.001))  # poll: stop waiting once nothing is on its way
-            else:
+            elif not self._take(block=False):
+                # A request leaves the count only once it is queued, so one that left it since the take above
+                # is in the queue now: take it before giving up.
                 break
         if self._stopping.is_set():
             return
@@ -256,7 +256,6 @@ class BatchWorker:
                 self._pending.extend(keep)
             return
         elapsed = time.perf_counter() - started
-        self.batches_run += 1
         per_window = elapsed / len(members)
         self._seconds_per_window = per_window if self._seconds_per_window == 0 else 0.8 * self._seconds_per_window + 0.2 * per_window
         finished = []
@@ -273,9 +272,7 @@ class BatchWorker:
                 keep = [j for j in self._pending if all(j is not f for f in finished)]
                 self._pending.clear()
                 self._pending.extend(keep)
-            now = time.perf_counter()
             for job in finished:
-                job.finished_at = now
                 _settle(job.future, result=job)
         if self.on_batch is not None:
             try:

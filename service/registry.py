@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from audio_dcls.device import resolve_device
 from audio_dcls.checkpoint import RELEASE_NAME, Release, ReleaseError, load_release
 from audio_dcls.features import LogMel
 from audio_dcls.models import prepare_for_inference
@@ -141,11 +142,24 @@ def find_release_folders(models_dir: Path) -> List[Path]:
 
 
 class ModelRegistry:
-    """Loads the release folders (in a background thread) and owns their workers."""
+    """Loads the release folders (in a background thread) and owns their workers.
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics):
+    ``release_loader(folder, device=...)`` reads one release folder; the default is
+    :func:`audio_dcls.checkpoint.load_release`. ``incoming`` counts the requests
+    on their way to a worker (see :class:`service.batching.BatchWorker`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        incoming: Optional[Callable[[], int]] = None,
+        release_loader: Callable[..., Release] = load_release,
+    ):
         self.settings = settings
         self.metrics = metrics
+        self.incoming = incoming
+        self.release_loader = release_loader
         self.models: Dict[str, LoadedModel] = {}
         self.failed: Dict[str, str] = {}  # folder name -> why it was not loaded
         self.state = "starting"  # starting -> loading -> ready | failed (no model could be loaded)
@@ -153,7 +167,6 @@ class ModelRegistry:
         self.error: Optional[str] = None
         self._thread: Optional[threading.Thread] = None
         self._closed = threading.Event()
-        self.incoming: Optional[Callable[[], int]] = None  # set by the app: requests on their way to a worker
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -238,8 +251,8 @@ class ModelRegistry:
     def load_one(self, folder: Path) -> LoadedModel:
         s = self.settings
         t0 = time.perf_counter()
-        device = torch.device(s.device)
-        release = load_release(folder, device=device)
+        device = resolve_device(s.device)
+        release = self.release_loader(folder, device=device)
         trained_parameters = release.num_parameters
         model = prepare_for_inference(release.model)
         release.model = model

@@ -11,20 +11,33 @@ reasoned about (and reused by the batch route) on its own:
   AudioSet's short clips are in training);
 * :func:`build_result` — clip scores as the maximum over windows (the usual
   reading of a multi-label tagger over long audio: a sound is present if any
-  window hears it), top tags, and per-window tags with their times.
+  window hears it), top tags, and per-window tags with their times;
+* :class:`UploadTagger` — the three around the model's batching worker, for
+  one file: decoding in a thread (at most ``decode_threads`` at once), the
+  job on the worker's queue, the result with its timing.
 """
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
+import anyio
 import numpy as np
 import torch
 
 from audio_dcls.audio import AudioDecodeError, AudioTooLong, UnsupportedAudioFormat, load_audio, num_windows, pad_or_trim
 
+from .batching import QueueFull, TagJob, WorkerStopped
 from .errors import ServiceError
+from .incoming import IncomingTicket
+from .metrics import ServiceMetrics
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .registry import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -132,3 +145,61 @@ def build_result(
 
 def ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3) if math.isfinite(seconds) else 0.0
+
+
+class UploadTagger:
+    """Tags one uploaded file with one loaded model; the event loop only awaits."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.decode_limiter = anyio.CapacityLimiter(settings.decode_threads)
+
+    def _prepare(self, data: bytes, sample_rate: int, params: TagParams):
+        """Decode, check the duration, plan the windows, pad: CPU work for a thread."""
+        s = self.settings
+        audio = decode_upload(data, sample_rate, s.max_audio_seconds, self.metrics)
+        if audio.shape[0] / sample_rate > s.max_audio_seconds:  # formats without a length in their header
+            self.metrics.decode_errors.labels("too_long").inc()
+            raise ServiceError(413, "audio_too_long", f"the audio lasts {audio.shape[0] / sample_rate:.1f} s, longer than the {s.max_audio_seconds:g} s limit")
+        plan = plan_windows(audio.shape[0], sample_rate, params.window_s, params.hop_s, s.max_windows)
+        return audio.shape[0], plan, padded_waveform(audio, plan)
+
+    async def tag(self, loaded: "LoadedModel", data: bytes, params: TagParams, ticket: Optional[IncomingTicket] = None) -> dict:
+        """The result dict of POST /v1/tag for ``data`` (without the file name); raises ServiceError."""
+        s, metrics = self.settings, self.metrics
+        t_start = time.perf_counter()
+        if len(data) > s.max_upload_bytes:
+            metrics.decode_errors.labels("too_large").inc()
+            raise ServiceError(413, "payload_too_large", f"the file ({len(data)} bytes) exceeds the limit of {s.max_upload_bytes} bytes (MAX_UPLOAD_BYTES)")
+        sr = loaded.sample_rate
+        num_samples, plan, waveform = await anyio.to_thread.run_sync(self._prepare, data, sr, params, limiter=self.decode_limiter)
+        t_decoded = time.perf_counter()
+        job = TagJob(waveform=waveform, starts=plan.starts, window=plan.window)
+        try:
+            future = loaded.worker.submit(job)
+        except QueueFull as e:
+            metrics.rejected.labels(loaded.name).inc()
+            raise ServiceError(503, "queue_full", f"model {loaded.name} has {s.queue_size} requests waiting; retry after {e.retry_after_s} s", {"Retry-After": str(e.retry_after_s)}) from None
+        except WorkerStopped as e:
+            raise ServiceError(503, "not_ready", str(e), {"Retry-After": "5"}) from None
+        if ticket is not None:
+            # No longer "on its way": released only once queued, so a worker that sees no request on its
+            # way finds this one in its queue (service.batching relies on the order).
+            ticket.release()
+        try:
+            await asyncio.wrap_future(future)
+        except WorkerStopped as e:
+            raise ServiceError(503, "not_ready", str(e), {"Retry-After": "5"}) from None
+        except asyncio.CancelledError:
+            future.cancel()  # the client went away: drop the windows not yet run
+            raise
+        t_done = time.perf_counter()
+        metrics.audio_seconds.labels(loaded.name).inc(num_samples / sr)
+        timing = {
+            "decode_ms": ms(t_decoded - t_start),
+            "queue_ms": ms((job.first_batch_at or t_done) - job.submitted_at),
+            "inference_ms": ms(job.compute_s),
+            "total_ms": ms(t_done - t_start),
+        }
+        return build_result(loaded.name, loaded.release.labels, job.scores, plan, num_samples, sr, params, timing)
