@@ -95,13 +95,17 @@ class BuildReport:
     def long_clip_notes(self) -> list[str]:
         """What was done with clips longer than the clip length."""
         clip = f"{self.layout.frontend.clip_seconds:g} s"
+
+        def clips(n: int, verb: str) -> str:
+            return f"{n} clip {verb}" if n == 1 else f"{n} clips {'were' if verb == 'was' else verb}"
+
         if not self.layout.variable:
-            return [f"{self.trimmed} clips were longer than the clip length ({clip}) and were cut to their first {clip} (keep them whole with --max-seconds)"] if self.trimmed else []
+            return [f"{clips(self.trimmed, 'was')} longer than the clip length ({clip}) and cut to the first {clip} (keep long clips whole with --max-seconds)"] if self.trimmed else []
         lines = []
         if self.kept_long:
-            lines.append(f"{self.kept_long} clips longer than {clip} were kept whole (training reads them with long_clips=first|random_crop|windows)")
+            lines.append(f"{clips(self.kept_long, 'was')} longer than {clip} and kept whole (training reads them with long_clips=first|random_crop|windows)")
         if self.trimmed:
-            lines.append(f"{self.trimmed} clips were longer than --max-seconds {self.layout.max_seconds:g} s and were cut to their first {self.layout.max_seconds:g} s")
+            lines.append(f"{clips(self.trimmed, 'was')} longer than --max-seconds {self.layout.max_seconds:g} s and cut to the first {self.layout.max_seconds:g} s")
         return lines
 
     def summary(self) -> str:
