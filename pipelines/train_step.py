@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audio_dcls.augment import mixup, smooth_labels
 from pipelines.distributed import mean_over_ranks
 from pipelines.sampling import derive_seed
 from pipelines.train_state import RunState, StepRecipe
@@ -42,16 +43,6 @@ class StepResult:
     loss: float  # mean training loss of the step over all processes
     lr: float  # base learning rate of the step (before each group's lr_scale)
     clips: int  # clips this process trained on
-
-
-def smooth_labels(y: torch.Tensor, eps: float) -> torch.Tensor:
-    """(1 − ε)·y + ε/C (the paper: 0.9·y + 0.1/C)."""
-    return y * (1.0 - eps) + eps / y.shape[-1] if eps > 0 else y
-
-
-def mixup(x: torch.Tensor, y: torch.Tensor, lam: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mix each clip with the batch reversed: λ·x + (1 − λ)·x.flip(0), same for targets."""
-    return x * lam + x.flip(0) * (1.0 - lam), y * lam + y.flip(0) * (1.0 - lam)
 
 
 def clamp_dcls_positions(model: nn.Module) -> None:
@@ -84,10 +75,9 @@ def prepare_micro_batch(x: torch.Tensor, y: torch.Tensor, recipe: StepRecipe, in
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True).float()
     x = inputs(x, generator=generator) if inputs is not None else x.float()  # (B, 1, F, T)
-    y = smooth_labels(y, recipe.label_smoothing)
-    if recipe.mixup_alpha > 0:
-        x, y = mixup(x, y, float(lam_rng.beta(recipe.mixup_alpha, recipe.mixup_alpha)))
-    return x, y
+    if recipe.mixup_alpha <= 0:
+        return x, smooth_labels(y, recipe.label_smoothing)
+    return mixup(x, y, float(lam_rng.beta(recipe.mixup_alpha, recipe.mixup_alpha)), recipe.label_smoothing)
 
 
 def _micro_batch_backward(state: RunState, mb: MicroBatch, sync: bool) -> torch.Tensor:

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from audio_dcls.augment import mixup, smooth_labels
 from audio_dcls.labels import LabelVocabulary
 from pipelines.checkpoints import read_checkpoint
 from pipelines.optim import WarmupCosine, build_optimizer
@@ -24,7 +25,6 @@ from pipelines.sampling import GlobalBatchSampler
 from pipelines.train import main, train
 from pipelines.train_config import ConfigError, load_config
 from pipelines.train_state import build_training_model
-from pipelines.train_step import mixup, smooth_labels
 from tiny_store import TINY_MODEL_ARGS, make_tiny_store, make_tiny_waveform_store, tiny_frontend
 
 REPO = Path(__file__).resolve().parent.parent
