@@ -162,7 +162,7 @@ def score(model: nn.Module, model_mids: Sequence[str], model_frontend: LogMelCon
     and compute the tagging metrics. Raises NothingScored when every clip was skipped."""
     check_frontend(model_frontend, data.frontend)
     t0 = time.perf_counter()
-    preds = predict(model, data.dataset, len(data.vocabulary), options, scoring_input(data.frontend, data.item_kind))
+    preds = predict(model, data.dataset, len(data.vocabulary), options, scoring_input(model_frontend, data.item_kind))  # the model's front end, for waveforms
     seconds = time.perf_counter() - t0
     skipped = [(data.ids[i], reason) for i, reason in preds.skipped]
     keep = preds.scored

@@ -28,6 +28,13 @@ checkpoint, replaced atomically), ``metrics.csv`` (one row per epoch), ``steps.c
 ``summary.json`` (final metrics) and ``release/<model>/`` — the release folder the
 service loads (safetensors weights, config.yaml, labels.csv; no pickle).
 
+Data path. DataLoader workers return the clips as stored (int16 waveforms or fp16
+log-mels; audio decoded on the fly as int16 waveforms); each micro-batch moves to the
+device as it is, and there the run's ModelInput applies ``augment`` (``dcls_audio``, the
+paper's, needs waveforms; ``specaugment``; ``none``) and the front end, then the step
+smooths the labels and mixes the batch. Long clips of a ``--max-seconds`` store become
+items as ``long_clips`` says (first, random_crop, windows).
+
 In Python, :func:`train` runs a whole run; :func:`pipelines.train_step.train_step`
 is one optimizer step on a :class:`pipelines.train_state.RunState`.
 
