@@ -32,6 +32,7 @@ bench: $(TEST_STAMP)
 	$(PY) benchmarks/bench_dcls.py
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_precompute.py
+	$(PY) benchmarks/bench_datapath.py
 	$(PY) benchmarks/bench_service.py
 
 # The tagging service on 127.0.0.1:8000; settings from the environment (MODELS_DIR, PORT, API_KEY, ...)
