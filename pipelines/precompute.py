@@ -456,12 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             part = parse_part(args.shard)
+            if args.max_seconds is not None and args.max_seconds < args.clip_seconds:
+                raise ValueError(f"--max-seconds {args.max_seconds:g} is shorter than --clip-seconds {args.clip_seconds:g}")
             source = open_source(args)
             if len(source) == 0:
                 raise ValueError(f"the source has no usable clips ({len(source.missing)} listed clips are missing)")
             frontend = LogMelConfig(clip_seconds=args.clip_seconds)
-            if args.max_seconds is not None and args.max_seconds < args.clip_seconds:
-                raise ValueError(f"--max-seconds {args.max_seconds:g} is shorter than --clip-seconds {args.clip_seconds:g}")
             log.info("%d clips to ingest, %d missing from the source", len(source), len(source.missing))
             report = build_feature_store(
                 source, args.out, frontend=frontend, workers=args.workers, part=part,

@@ -207,6 +207,7 @@ def test_other_inputs_in_the_same_folder_are_refused(dataset, store, tmp_path, c
         (["build", "OUT", "--hdf5", "a.h5", "--shard", "3/2"], "need 0 <= i < N"),
         (["verify", "/nonexistent"], "no manifest.json"),
         (["merge", "OUT", "/nonexistent"], "not a feature store"),
+        (["build", "OUT", "--hdf5", "a.h5", "--kind", "waveform", "--max-seconds", "5"], "--max-seconds 5 is shorter than --clip-seconds 10"),
     ],
 )
 def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys, argv, message):
