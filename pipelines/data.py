@@ -122,7 +122,8 @@ def _is_audioset_csv(path: Path) -> bool:
     return False
 
 
-def _open_source(path: Path, audio_dir: Optional[str], vocabulary: Optional[LabelVocabulary]):
+def open_clip_source(path: Path, audio_dir: Optional[str] = None, vocabulary: Optional[LabelVocabulary] = None):
+    """An AudioSet segment CSV (+ ``audio_dir``), a ``path,labels`` CSV or a PANNs HDF5 file -> its ClipSource."""
     from pipelines.sources import AudioSetSource, CustomCsvSource, PannsHdf5Source
 
     suffix = path.suffix.lower()
@@ -158,7 +159,7 @@ def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[Log
         raise DataError(f"{spec}: no such feature store folder or file")
     frontend = frontend or LogMelConfig()
     try:
-        source = _open_source(path, audio_dir, vocabulary)
+        source = open_clip_source(path, audio_dir, vocabulary)
     except DataError:
         raise
     except (ValueError, OSError, KeyError) as e:
