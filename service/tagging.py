@@ -100,6 +100,18 @@ def plan_upload_windows(num_samples: int, sample_rate: int, window_s: float, hop
         raise ServiceError(413, "too_many_windows", f"{e}; use a larger hop_s or a shorter file") from None
 
 
+def _result_head(model_name: str, plan: WindowPlan, window_s: float, hop_s: float) -> dict:
+    """The fields every per-file result starts with: the model, the audio and its windows."""
+    return {
+        "model": model_name,
+        "duration_s": round(plan.num_samples / plan.sample_rate, 6),
+        "sample_rate": plan.sample_rate,
+        "window_s": window_s,
+        "hop_s": hop_s,
+        "num_windows": plan.num_windows,
+    }
+
+
 def _window_entry(plan: WindowPlan, i: int) -> dict:
     t0, t1 = plan.bounds_s(i)
     return {"index": i, "start_s": round(t0, 6), "end_s": round(t1, 6)}
@@ -116,12 +128,7 @@ def build_result(
     clip = clip_scores(window_scores)  # (C,)
     windows = [dict(_window_entry(plan, i), tags=top_tags(window_scores[i], labels, params.top_k, params.threshold)) for i in range(plan.num_windows)]
     return {
-        "model": model_name,
-        "duration_s": round(plan.num_samples / plan.sample_rate, 6),
-        "sample_rate": plan.sample_rate,
-        "window_s": params.window_s,
-        "hop_s": params.hop_s,
-        "num_windows": plan.num_windows,
+        **_result_head(model_name, plan, params.window_s, params.hop_s),
         "tags": top_tags(clip, labels, params.top_k, params.threshold),
         "scores": clip.tolist(),
         "windows": windows,
@@ -137,12 +144,7 @@ def build_embedding_result(model_name: str, window_embeddings: np.ndarray, plan:
             entry["embedding"] = window_embeddings[i].tolist()
         windows.append(entry)
     return {
-        "model": model_name,
-        "duration_s": round(plan.num_samples / plan.sample_rate, 6),
-        "sample_rate": plan.sample_rate,
-        "window_s": params.window_s,
-        "hop_s": params.hop_s,
-        "num_windows": plan.num_windows,
+        **_result_head(model_name, plan, params.window_s, params.hop_s),
         "embedding_dim": int(window_embeddings.shape[1]),
         "embedding": clip_embedding(window_embeddings).tolist(),
         "windows": windows,
