@@ -140,7 +140,8 @@ def _is_audioset_csv(path: Path) -> bool:
     return False
 
 
-def _open_source(path: Path, audio_dir: Optional[str], vocabulary: Optional[LabelVocabulary]):
+def open_clip_source(path: Path, audio_dir: Optional[str] = None, vocabulary: Optional[LabelVocabulary] = None):
+    """An AudioSet segment CSV (+ ``audio_dir``), a ``path,labels`` CSV or a PANNs HDF5 file -> its ClipSource."""
     from pipelines.sources import AudioSetSource, CustomCsvSource, PannsHdf5Source
 
     suffix = path.suffix.lower()
@@ -194,7 +195,7 @@ def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[Log
         raise DataError(f"{spec}: long_clips={long_clips} reads whole clips from a store; build one with `python -m pipelines.precompute build OUT --max-seconds S ...` (audio decoded on the fly is cut to its first clip length)")
     frontend = frontend or LogMelConfig()
     try:
-        source = _open_source(path, audio_dir, vocabulary)
+        source = open_clip_source(path, audio_dir, vocabulary)
     except DataError:
         raise
     except (ValueError, OSError, KeyError) as e:

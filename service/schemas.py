@@ -94,6 +94,7 @@ class ModelSummary(_Body):
     num_parameters: int = Field(description="parameters as trained (DCLS weights and positions): the figure papers quote", examples=[28_590_000])
     num_parameters_inference: int = Field(description="parameters after folding DCLS kernels into dense convolutions", examples=[28_700_000])
     label_source: str = Field(description="where the vocabulary comes from", examples=["audioset-527"])
+    embedding_dim: int = Field(description="length of the embeddings POST /v1/embed returns (the vector the classifier reads)", examples=[768])
     sample_rate: int = Field(description="Hz; uploads are resampled to this", examples=[32000])
     clip_seconds: float = Field(description="clip length the model was trained on", examples=[10.0])
 
@@ -130,6 +131,11 @@ class ModelDetails(ModelSummary):
     model_args: Dict[str, Any] = Field(description="keyword arguments the model was built with")
     frontend: FrontendSettings
     training: Dict[str, Any] = Field(description="the training summary stored in the release (recipe, epochs, validation mAP, ...)")
+    source: Optional[Dict[str, Any]] = Field(
+        description="where the weights come from when they were not trained here (pipelines.import_checkpoint: file, URL, SHA-256, "
+        "the paper's reported mAP, ...); null for a release trained here",
+        examples=[{"kind": "dcls-audio-checkpoint", "file": "convnext_dcls_audio_tiny.pth", "sha256": "9f2c...", "reported_map": 45.52}],
+    )
     device: str = Field(examples=["cpu"])
     batching: BatchingSettings
     labels: List[Label]
@@ -150,7 +156,7 @@ class Tag(Label):
 class Window(_Body):
     index: int
     start_s: float = Field(description="where the window starts in the file, seconds")
-    end_s: float = Field(description="where it ends (the file's end for the last, zero-padded window)")
+    end_s: float = Field(description="where it ends: start_s + window_s, or the file's end for a file shorter than one window (zero-padded)")
     tags: List[Tag] = Field(description="this window's top tags, best first")
 
 
@@ -172,7 +178,7 @@ _TAG_EXAMPLE = {
     "scores": [0.0123, 0.0009, 0.0031],
     "windows": [
         {"index": 0, "start_s": 0.0, "end_s": 10.0, "tags": [{"index": 74, "mid": "/m/0bt9lr", "name": "Dog", "score": 0.91}]},
-        {"index": 1, "start_s": 5.0, "end_s": 12.5, "tags": [{"index": 75, "mid": "/m/05tny_", "name": "Bark", "score": 0.79}]},
+        {"index": 1, "start_s": 2.5, "end_s": 12.5, "tags": [{"index": 75, "mid": "/m/05tny_", "name": "Bark", "score": 0.79}]},
     ],
     "timing": {"decode_ms": 3.1, "queue_ms": 0.4, "inference_ms": 38.2, "total_ms": 44.0},
 }
@@ -218,3 +224,47 @@ class BatchTagResponse(_Body):
 
     model: str
     results: List[Union[BatchFileResult, BatchFileError]]
+
+
+# --- embeddings -----------------------------------------------------------------------------------------
+class EmbeddingWindow(_Body):
+    index: int
+    start_s: float = Field(description="where the window starts in the file, seconds")
+    end_s: float = Field(description="where it ends: start_s + window_s, or the file's end for a file shorter than one window (zero-padded)")
+    embedding: Optional[List[float]] = Field(None, description="this window's embedding (only with per_window=true; absent otherwise)")
+
+
+_EMBED_EXAMPLE = {
+    "model": "convnext_tiny_dcls_audio",
+    "filename": "dog_bark.wav",
+    "duration_s": 12.5,
+    "sample_rate": 32000,
+    "window_s": 10.0,
+    "hop_s": 5.0,
+    "num_windows": 2,
+    "embedding_dim": 768,
+    "embedding": [0.312, -1.204, 0.057],
+    "windows": [
+        {"index": 0, "start_s": 0.0, "end_s": 10.0, "embedding": [0.298, -1.187, 0.061]},
+        {"index": 1, "start_s": 2.5, "end_s": 12.5, "embedding": [0.326, -1.221, 0.053]},
+    ],
+    "timing": {"decode_ms": 3.1, "queue_ms": 0.4, "inference_ms": 38.2, "total_ms": 44.0},
+}
+
+
+class EmbedResponse(_Body):
+    """One file's embedding: the mean over its windows of the vector the model's classifier reads."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EMBED_EXAMPLE]})
+
+    model: str
+    filename: Optional[str] = Field(description="the uploaded file's name, as sent")
+    duration_s: float = Field(description="the decoded audio's duration")
+    sample_rate: int = Field(description="the rate the audio was resampled to (the model's)")
+    window_s: float
+    hop_s: float
+    num_windows: int
+    embedding_dim: int = Field(description="length of every embedding (768 ConvNeXt-T, 512 ConvFormer-S18, 1024 FastViT-SA24)")
+    embedding: List[float] = Field(description="the clip's embedding: the mean of its windows' embeddings")
+    windows: List[EmbeddingWindow] = Field(description="where each window lies; each carries its embedding with per_window=true")
+    timing: Timing

@@ -51,6 +51,7 @@ EXPECTED = {
     ("get", "/v1/labels"): {200, 401, 404, 422, 503},
     ("post", "/v1/tag"): {200, 400, 401, 404, 413, 415, 422, 503},
     ("post", "/v1/tag/batch"): {200, 401, 404, 413, 422, 503},
+    ("post", "/v1/embed"): {200, 400, 401, 404, 413, 415, 422, 503},
 }
 
 
@@ -198,6 +199,12 @@ def test_real_responses_match_the_documented_schemas(server, client, spec):
     files = [("files", ("a.wav", wav(3))), ("files", ("bad.wav", b"not audio" * 100))]
     batch = conforms(spec, "post", "/v1/tag/batch", client.post("/v1/tag/batch", files=files))
     assert [x["status"] for x in batch["results"]] == [200, 415]
+    twelve_s = wav(12, sr=8000)  # two windows, within MAX_UPLOAD
+    embedded = conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", twelve_s)}))
+    assert embedded["filename"] == "a.wav" and len(embedded["embedding"]) == embedded["embedding_dim"] == details["embedding_dim"] == 128
+    per_window = conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", twelve_s)}, data={"per_window": "true"}))
+    assert [len(w["embedding"]) for w in per_window["windows"]] == [128, 128]
+    assert details["source"] is None  # trained here: no source record
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     # Errors, each on a route that documents it.
@@ -208,6 +215,9 @@ def test_real_responses_match_the_documented_schemas(server, client, spec):
     conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", b"RIFF" + b"\0" * 40)}))  # 400 or 415
     conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", wav(3))}, data={"top_k": "0"}))  # 422
     conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", b"\0" * (MAX_UPLOAD + OVERHEAD + 10))}))  # 413
+    conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", b"not audio" * 100)}))  # 415
+    conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", wav(3))}, data={"window_s": "0"}))  # 422
+    conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", b"\0" * (MAX_UPLOAD + OVERHEAD + 10))}))  # 413
 
 
 # --- body limits per route ---------------------------------------------------------------------------
@@ -239,6 +249,8 @@ def test_413_names_the_routes_own_limit(server, client):
     message = error_of(declared_only(server, "POST", "/v1/tag", TAG_LIMIT + 1, AUTH), 413, "payload_too_large")
     assert f"({TAG_LIMIT + 1} bytes)" in message and f"{TAG_LIMIT}-byte limit of POST /v1/tag:" in message
     assert f"MAX_UPLOAD_BYTES={MAX_UPLOAD}" in message
+    message = error_of(declared_only(server, "POST", "/v1/embed", TAG_LIMIT + 1, AUTH), 413, "payload_too_large")
+    assert f"{TAG_LIMIT}-byte limit of POST /v1/embed:" in message and f"MAX_UPLOAD_BYTES={MAX_UPLOAD}" in message
     message = error_of(declared_only(server, "POST", "/v1/tag/batch", BATCH_LIMIT + 1, AUTH), 413, "payload_too_large")
     assert f"{BATCH_LIMIT}-byte limit of POST /v1/tag/batch:" in message
     assert f"MAX_BATCH_FILES={MAX_FILES}" in message and f"MAX_UPLOAD_BYTES={MAX_UPLOAD}" in message

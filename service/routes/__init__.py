@@ -9,12 +9,12 @@ from typing import List, Mapping
 from fastapi import APIRouter
 
 from ..limits import BodyLimit
-from . import health, models, tag
+from . import embed, health, models, tag
 
 
 def build_routers(limits: Mapping[str, BodyLimit]) -> List[APIRouter]:
     """``limits``: service.limits.body_limits(settings)."""
-    return [health.build_router(), models.build_router(), tag.build_router(limits)]
+    return [health.build_router(), models.build_router(), tag.build_router(limits), embed.build_router(limits)]
 
 
 __all__ = ["build_routers"]

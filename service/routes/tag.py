@@ -18,11 +18,13 @@ from typing import List, Mapping, Optional
 from fastapi import APIRouter, Depends, File, Form, Security, UploadFile
 from fastapi.responses import JSONResponse
 
+from audio_dcls.windowing import MAX_WINDOW_S, MIN_WINDOW_S, default_hop_s
+
 from ..dependencies import ServiceContext, api_key_scheme, get_context, ready_registry, resolve_model
 from ..errors import ServiceError
 from ..incoming import CountedRoute, IncomingTicket, incoming_ticket
 from ..limits import BodyLimit
-from ..registry import MAX_WINDOW_S, MIN_WINDOW_S, LoadedModel, ModelRegistry
+from ..registry import LoadedModel, ModelRegistry
 from ..schemas import BatchTagResponse, TagResponse, error_responses
 from ..tagging import TagParams
 
@@ -30,6 +32,14 @@ log = logging.getLogger("service")
 
 _S413 = "the body is over the route's limit (`payload_too_large`), the audio over MAX_AUDIO_SECONDS (`audio_too_long`) or cut into more than MAX_WINDOWS windows (`too_many_windows`)"
 _S503 = "still loading (`not_ready`), nothing loaded (`no_models`), or the model's queue is full (`queue_full`): retry after Retry-After seconds"
+
+
+def checked_hop(window_s: float, hop_s: Optional[float]) -> float:
+    """``hop_s`` (default: half a window), refused (422) when longer than the window."""
+    hop = hop_s if hop_s is not None else default_hop_s(window_s)
+    if hop > window_s:
+        raise ServiceError(422, "invalid_parameter", f"hop_s ({hop:g}) must not exceed window_s ({window_s:g}): audio between windows would go untagged")
+    return hop
 
 
 @dataclass(frozen=True)
@@ -47,9 +57,7 @@ def tag_request(
     registry: ModelRegistry = Depends(ready_registry),
 ) -> TagRequest:
     """The form fields both routes share, checked, with the model they name."""
-    hop = hop_s if hop_s is not None else window_s / 2.0
-    if hop > window_s:
-        raise ServiceError(422, "invalid_parameter", f"hop_s ({hop:g}) must not exceed window_s ({window_s:g}): audio between windows would go untagged")
+    hop = checked_hop(window_s, hop_s)
     loaded = resolve_model(registry, model)
     return TagRequest(model=loaded, params=TagParams(top_k=top_k, threshold=threshold, window_s=window_s, hop_s=hop))
 
@@ -61,8 +69,9 @@ async def tag(
     context: ServiceContext = Depends(get_context),
 ) -> JSONResponse:
     """Decodes the file, averages it to mono, resamples it to the model's rate, cuts it into `window_s` windows
-    every `hop_s` seconds (the last zero-padded) and tags each. A class's clip score is its maximum over the
-    windows; `tags` are the `top_k` best clip scores, best first.
+    every `hop_s` seconds and tags each: the last window ends at the end of the audio (it overlaps its
+    predecessor more than `hop_s` says), and a file shorter than one window is zero-padded to one window.
+    A class's clip score is its maximum over the windows; `tags` are the `top_k` best clip scores, best first.
 
     ```
     curl -F file=@dog_bark.wav -F top_k=5 http://127.0.0.1:8000/v1/tag
