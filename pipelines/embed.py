@@ -6,8 +6,9 @@ The embedding is the vector the model's classifier reads (``audio_dcls.inference
 service and ``audio_dcls.Tagger`` do it (``audio_dcls.windowing``: 10 s windows every
 5 s by default, the last one ending at the end of the file, a shorter file padded to
 one window; the clip embedding is the mean over its windows), so a file gets the same
-vector here as from ``Tagger.tag`` and ``POST /v1/embed``. A feature store holds one
-log-mel per clip: each is one window. Outputs, in ``--out``:
+vector here as from ``Tagger.tag`` and ``POST /v1/embed``. A store holds one clip per
+item -- a log-mel, or an int16 waveform the release's front end turns into one on the
+device: each is one window. Outputs, in ``--out``:
 
     embeddings.npy     (N, D) float32 clip embeddings; row i belongs to line i of ids.txt
     ids.txt            the clip ids: store ids, CSV paths / YouTube ids, paths under --audio-dir
@@ -56,6 +57,7 @@ from audio_dcls.io import atomic_open, atomic_write, atomic_write_json
 from audio_dcls.windowing import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S, WindowPlan, padded_waveform, plan_windows
 from pipelines.data import DataError, StoreItems, collate_items, open_clip_source
 from pipelines.distributed import dist_info, gather_objects, init_distributed, shutdown_distributed, torchrun_rank
+from pipelines.feature_store import PCM16_SCALE, WAVEFORM
 
 log = logging.getLogger("pipelines.embed")
 PROG = "embed"
@@ -131,6 +133,7 @@ class EmbedInput:
     description: Dict
     is_store: bool
     source: Optional[object] = None  # the ClipSource of a CSV (HDF5 packs to close)
+    item_kind: str = "logmel"  # a store's items: 'logmel' or 'waveform' (int16, through the release's front end)
 
     def close(self) -> None:
         for part in (self.dataset, self.source):
@@ -146,13 +149,13 @@ def open_input(prepared: PreparedRelease, store: Optional[str], csv_path: Option
 
     if store:
         if options.keep_windows:
-            raise EmbedError("--windows needs audio (--csv or --audio-dir): a feature store holds one log-mel per clip, one window each")
+            raise EmbedError("--windows needs audio (--csv or --audio-dir): a store holds one clip-length item per clip, one window each")
         try:
             fs = FeatureStore(Path(store))
         except StoreError as e:
             raise EmbedError(str(e)) from None
         check_frontend(prepared.release.frontend, fs.frontend)
-        return EmbedInput(StoreItems(fs), list(fs.ids), list(fs.skipped), {"kind": "feature_store", "path": str(store)}, True)
+        return EmbedInput(StoreItems(fs), list(fs.ids), list(fs.skipped), {"kind": "feature_store", "store_kind": fs.kind, "path": str(store)}, True, item_kind=fs.kind)
     sr = prepared.sample_rate
     if csv_path:
         try:
@@ -254,7 +257,8 @@ def _embed_slice(prepared: PreparedRelease, data: EmbedInput, lo: int, hi: int, 
             x, _, idx, skipped = batch
             out.skipped += skipped
             if x is not None:
-                scores, embeddings = (t.float().cpu().numpy() for t in prepared.infer_logmel(x))
+                outputs = prepared.infer(x.float() / PCM16_SCALE) if data.item_kind == WAVEFORM else prepared.infer_logmel(x)
+                scores, embeddings = (t.float().cpu().numpy() for t in outputs)
                 out.rows += idx.tolist()
                 out.scores += list(scores)
                 out.embeddings += list(embeddings)

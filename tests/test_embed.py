@@ -26,7 +26,7 @@ from audio_dcls.features import LogMelConfig
 from audio_dcls.labels import audioset_vocabulary
 from pipelines.embed import main
 from pipelines.feature_store import FeatureStore
-from tiny_store import make_tiny_store
+from tiny_store import make_tiny_store, make_tiny_waveform_store
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = dict(dims=[16, 32, 64, 128], depths=[1, 1, 1, 1])
@@ -47,7 +47,8 @@ def setup(tmp_path_factory):
         sf.write(audio / name, (0.3 * np.sin(2 * np.pi * 500 * (1 + seconds / 10) * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32), sr)
     (audio / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
     store = make_tiny_store(root / "store", n=10, classes=4, frontend=LogMelConfig(clip_seconds=(128 - 1) * 320 / 32000))
-    return {"root": root, "release": release, "audio": audio, "store": store}
+    waves = make_tiny_waveform_store(root / "waves", n=6, classes=4)
+    return {"root": root, "release": release, "audio": audio, "store": store, "waves": waves}
 
 
 def run(*args) -> int:
@@ -123,6 +124,20 @@ def test_feature_store_matches_the_model_on_each_stored_log_mel(setup, tmp_path)
         expected = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
     np.testing.assert_allclose(np.load(out / "embeddings.npy"), expected, atol=2e-5, rtol=1e-4)
     assert json.loads((out / "summary.json").read_text())["windows"] is None
+
+
+def test_waveform_store_goes_through_the_release_front_end(setup, tmp_path):
+    from audio_dcls.features import LogMel
+
+    out = tmp_path / "out"
+    assert run(setup["release"], "--store", setup["waves"], "--out", out, "--workers", "0", "--batch-size", "4") == 0
+    store = FeatureStore(setup["waves"])
+    model = load_release(setup["release"]).model
+    with torch.no_grad():
+        x = LogMel(LogMelConfig())(torch.stack([store[i][0] for i in range(len(store))]).float() / 32768)  # int16 / 2**15, the front end
+        expected = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
+    np.testing.assert_allclose(np.load(out / "embeddings.npy"), expected, atol=2e-5, rtol=1e-4)
+    assert json.loads((out / "summary.json").read_text())["data"]["store_kind"] == "waveform"
 
 
 def test_torchrun_two_processes_write_what_one_writes(setup, tmp_path):
