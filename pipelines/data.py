@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -38,6 +39,10 @@ class StoreItems(Dataset):
 
     def close(self) -> None:
         self.store.close()
+
+    def positives(self) -> np.ndarray:
+        """(C,) clips per class."""
+        return self.store.positives()
 
 
 class AudioItems(Dataset):
@@ -82,6 +87,13 @@ class AudioItems(Dataset):
     def close(self) -> None:
         self.source.close()
 
+    def positives(self) -> np.ndarray:
+        """(C,) clips per class."""
+        counts = np.zeros(len(self.source.vocabulary), dtype=np.int64)
+        for clip in self.source.clips:
+            counts[list(clip.labels)] += 1
+        return counts
+
 
 def collate_items(batch):
     """-> (x (B, 1, F, T) or None, y (B, C), indices (B,), [(index, reason)] skipped)."""
@@ -104,14 +116,22 @@ class DataSpec:
     ids: List[str]  # clip id of each dataset index
     description: Dict = field(default_factory=dict)
     missing: List[Tuple[str, str]] = field(default_factory=list)  # listed clips without audio (source level)
+    unknown_labels: Dict[str, int] = field(default_factory=dict)  # CSV labels outside the vocabulary -> clips (ignored)
+
+    def _parts(self) -> list:
+        return self.dataset.datasets if isinstance(self.dataset, ConcatDataset) else [self.dataset]
 
     def close(self) -> None:
         """Release what the dataset holds open (HDF5 handles, memory maps)."""
-        parts = self.dataset.datasets if isinstance(self.dataset, ConcatDataset) else [self.dataset]
-        for part in parts:
+        for part in self._parts():
             close = getattr(part, "close", None)
             if close is not None:
                 close()
+
+    def label_rate(self) -> np.ndarray:
+        """(C,) fraction of the clips that carry each class (the training set's label frequencies)."""
+        counts = sum(part.positives() for part in self._parts())
+        return counts / max(1, len(self.dataset))
 
 
 def _is_audioset_csv(path: Path) -> bool:
@@ -122,7 +142,13 @@ def _is_audioset_csv(path: Path) -> bool:
     return False
 
 
-def _open_source(path: Path, audio_dir: Optional[str], vocabulary: Optional[LabelVocabulary]):
+def is_custom_csv(spec: str) -> bool:
+    """A ``path,labels`` CSV (not an AudioSet segment CSV, a store or an HDF5 pack)."""
+    path = Path(spec)
+    return path.suffix.lower() == ".csv" and path.is_file() and not _is_audioset_csv(path)
+
+
+def _open_source(path: Path, audio_dir: Optional[str], vocabulary: Optional[LabelVocabulary], strict: bool = False):
     from pipelines.sources import AudioSetSource, CustomCsvSource, PannsHdf5Source
 
     suffix = path.suffix.lower()
@@ -134,16 +160,18 @@ def _open_source(path: Path, audio_dir: Optional[str], vocabulary: Optional[Labe
         if not audio_dir:
             raise DataError(f"{path} is an AudioSet segment CSV: give the audio folder too (--audio-dir / audio_dir=)")
         return AudioSetSource(path, audio_dir=audio_dir, vocabulary=vocabulary)
-    return CustomCsvSource(path, audio_dir=audio_dir or None, vocabulary=vocabulary)
+    return CustomCsvSource(path, audio_dir=audio_dir or None, vocabulary=vocabulary, strict=strict)
 
 
-def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[LogMelConfig] = None, vocabulary: Optional[LabelVocabulary] = None) -> DataSpec:
+def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[LogMelConfig] = None, vocabulary: Optional[LabelVocabulary] = None, strict: bool = False) -> DataSpec:
     """A feature store folder, an AudioSet segment CSV (+ ``audio_dir``), a
     ``path,labels`` CSV or PANNs HDF5 file(s) -> a dataset of ``collate_items`` items.
 
     ``frontend``: settings for audio decoded on the fly (default: the paper's).
     ``vocabulary``: the label set CSV and HDF5 labels are read into (default: the
     source's own -- AudioSet's, or a custom CSV's distinct labels); a store keeps its own.
+    ``strict``: a custom CSV label outside ``vocabulary`` is an error instead of being
+    counted in ``unknown_labels`` and ignored.
     """
     from pipelines.feature_store import FeatureStore, StoreError
 
@@ -158,7 +186,7 @@ def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[Log
         raise DataError(f"{spec}: no such feature store folder or file")
     frontend = frontend or LogMelConfig()
     try:
-        source = _open_source(path, audio_dir, vocabulary)
+        source = _open_source(path, audio_dir, vocabulary, strict)
     except DataError:
         raise
     except (ValueError, OSError, KeyError) as e:
@@ -173,17 +201,19 @@ def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[Log
         [c.id for c in source.clips],
         {"kind": source.kind, **source.describe()},
         [tuple(m) for m in source.missing],
+        dict(getattr(source, "unknown_labels", {})),
     )
 
 
-def open_training_data(specs: Sequence[str], audio_dir: Optional[str] = None) -> DataSpec:
-    """The training parts joined into one dataset. The first part fixes the vocabulary and the
-    front end: CSV and HDF5 parts are read into them, stores must already match."""
-    first = open_data(specs[0], audio_dir)
-    parts = [first] + [open_data(p, audio_dir, first.frontend, first.vocabulary) for p in specs[1:]]
-    for p, spec in zip(specs[1:], parts[1:]):
-        if spec.vocabulary != first.vocabulary:
-            raise DataError(f"train: {p} uses another label vocabulary than {specs[0]}")
+def open_training_data(specs: Sequence[str], audio_dir: Optional[str] = None, vocabulary: Optional[LabelVocabulary] = None, frontend: Optional[LogMelConfig] = None, strict: bool = False) -> DataSpec:
+    """The training parts joined into one dataset. ``vocabulary`` (else the first part's) and
+    the first part's front end (``frontend`` for audio decoded on the fly) hold for all: CSV
+    and HDF5 parts are read into them, stores must already match."""
+    first = open_data(specs[0], audio_dir, frontend, vocabulary, strict)
+    parts = [first] + [open_data(p, audio_dir, first.frontend, first.vocabulary, strict) for p in specs[1:]]
+    for p, spec in zip(specs, parts):
+        if spec.vocabulary != (vocabulary or first.vocabulary):
+            raise DataError(f"train: {p} uses another label vocabulary than {'the run' if vocabulary else specs[0]} ({len(spec.vocabulary)} vs {len(vocabulary or first.vocabulary)} classes)")
         if spec.frontend != first.frontend:
             raise DataError(f"train: {p} was computed with other front-end settings than {specs[0]}")
     if len(parts) == 1:
@@ -195,4 +225,5 @@ def open_training_data(specs: Sequence[str], audio_dir: Optional[str] = None) ->
         [i for p in parts for i in p.ids],
         {"kind": "concat", "parts": [p.description for p in parts]},
         [m for p in parts for m in p.missing],
+        {k: v for p in parts for k, v in p.unknown_labels.items()},
     )

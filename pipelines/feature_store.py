@@ -496,6 +496,13 @@ class FeatureStore(_Dataset):
             self._labels = np.concatenate(parts) if parts else np.zeros((0, C), np.uint8)
         return self._labels
 
+    def positives(self) -> np.ndarray:
+        """(C,) clips per class, summed shard by shard (never all labels in memory at once)."""
+        counts = np.zeros(len(self.vocabulary), dtype=np.int64)
+        for s in self._shards:
+            counts += np.load(self.folder / SHARD_DIR / s["targets"]["file"], mmap_mode="r").sum(axis=0, dtype=np.int64)
+        return counts
+
     def close(self) -> None:
         """Drop the memory maps (and the file descriptors they hold); they reopen when read."""
         self._maps = OrderedDict()
