@@ -231,8 +231,11 @@ class LabelVocabulary:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if not lines:
             raise ValueError(f"{path}: empty label file")
-        if tuple(c.strip() for c in lines[0].split(",")) == LABELS_CSV_HEADER:
+        header = tuple(c.strip().lower() for c in lines[0].split(","))
+        if header == LABELS_CSV_HEADER:
             return cls.from_csv_text(text, source=str(path))
+        if header == ("path", "labels"):
+            raise ValueError(f"{path} is a dataset CSV (path,labels), not a label file (index,mid,display_name, or one label per line)")
         if len(set(lines)) != len(lines):
             twice = next(x for x in lines if lines.count(x) > 1)
             raise ValueError(f"{path}: label {twice!r} is listed twice")

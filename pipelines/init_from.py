@@ -160,10 +160,10 @@ def _check_backbone(model: nn.Module, parent: Parent, head: str) -> List[str]:
 def load_parent(model: nn.Module, parent: Parent, vocabulary: LabelVocabulary, source: str = "") -> InitSummary:
     """Copy ``parent``'s backbone into ``model`` and its classifier rows by class (see the module docstring)."""
     head, layer = classifier_layer(model)
+    keys = _check_backbone(model, parent, head)
     p_weight = parent.state.get(f"{head}.weight")
     if p_weight is None or p_weight.shape[1] != layer.in_features:
-        raise InitFromError(f"init_from: {parent.path} has no classifier {head} with {layer.in_features} inputs. Build the parent's architecture: {parent.needs()}")
-    keys = _check_backbone(model, parent, head)
+        raise InitFromError(f"init_from: {parent.path} ({parent.arch}) does not fit this model: it has no classifier {head} with {layer.in_features} inputs. Build the parent's architecture: {parent.needs()}")
     rows = parent.vocabulary.match(vocabulary)  # row in the parent of each class of the run
     kept: List[Tuple[int, int, str]] = [(j, i, vocabulary.display_name(j)) for j, i in enumerate(rows) if i is not None]
     new = [vocabulary.display_name(j) for j, i in enumerate(rows) if i is None]

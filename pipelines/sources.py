@@ -546,6 +546,8 @@ class CustomCsvSource(ClipSource):
             notes.append(f"vocabulary of {len(vocab)} labels taken from {csv_path.name}")
         index = {lab: vocab.find(lab) for lab in {lab for _, labs in rows for lab in labs}}
         unknown = Counter(lab for _, labs in rows for lab in set(labs) if index[lab] is None)
+        if unknown and len(unknown) == len(index):
+            raise ValueError(f"{csv_path}: none of its {len(index)} labels is a class of the {len(vocab)}-class vocabulary (e.g. {sorted(unknown)[0]!r}); is it the right vocabulary?")
         if unknown and strict:
             shown = ", ".join(sorted(unknown)[:5]) + (" ..." if len(unknown) > 5 else "")
             raise ValueError(f"{csv_path}: {len(unknown)} labels are not in the {len(vocab)}-class vocabulary: {shown}")
