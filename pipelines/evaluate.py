@@ -13,7 +13,7 @@ HDF5 packs. Outputs, in ``--out``:
 
 CPU::
 
-    python -m pipelines.evaluate runs/release/convnext_atto_dcls_audio-mini \\
+    python -m pipelines.evaluate runs/release/convnext_atto_dcls_audio-mini-seed0 \\
         --store data/stores/embedded_mini_eval --out runs/eval/mini --device cpu
 
 Single GPU (AudioSet eval set, precomputed)::

@@ -502,6 +502,8 @@ def read_custom_csv(path: str | os.PathLike) -> list[tuple[str, list[str]]]:
         f = open(path, newline="", encoding="utf-8-sig")
     except FileNotFoundError:
         raise FileNotFoundError(f"dataset CSV not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder; give the dataset's CSV (path,labels)") from None
     with f:
         reader = csv.DictReader(f)
         cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
