@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence
 from audio_dcls.features import LogMelConfig
 from audio_dcls.io import atomic_write
 from pipelines.init_from import INIT_SUMMARY_FILE, Parent, read_parent
-from pipelines.train_audioset import EMBEDDED_RELEASE, SetupError, _cores, config_path, run_evaluation, run_training
+from pipelines.train_audioset import EMBEDDED_RELEASE, SetupError, _cores, config_path, run_evaluation, run_job, run_training
 from pipelines.vocabulary import VocabularyChoice, choose_vocabulary
 
 log = logging.getLogger("pipelines.finetune")
@@ -220,20 +220,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from pipelines.feature_store import StoreError
-
-    try:
-        bad = [o for o in args.overrides if "=" not in o]
-        if bad:
-            raise SetupError(f"overrides must look like key=value, got {bad[0]!r}")
-        return run(args, list(args.overrides))
-    except KeyboardInterrupt:
-        print("finetune: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
-    except (SetupError, StoreError, ValueError, OSError, KeyError) as e:  # ConfigError, DataError, InitFromError are ValueErrors
-        print(f"finetune: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+    return run_job("finetune", args.overrides, lambda overrides: run(args, overrides))
 
 
 if __name__ == "__main__":

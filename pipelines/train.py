@@ -513,6 +513,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="YAML recipe (configs/*.yaml); without it, the defaults (see --help-config)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides anywhere on the line, e.g. seed=1 lr=2e-3 train=[a,b]")
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last.pt")
+    p.add_argument("--name", help="the release's name (the same as name=NAME; default {model}-{dataset}-seed{seed})")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--help-config", action="store_true", help="list every config key with its type, default and meaning, and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -553,7 +554,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     added: Tuple[List[logging.Handler], int] = ([], logging.getLogger().level)
     threads = torch.get_num_threads()
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, [*args.overrides, *([f"name={args.name}"] if args.name else [])])
         if args.print_config:
             import yaml
 

@@ -48,7 +48,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from audio_dcls.io import atomic_write
 log = logging.getLogger("pipelines.train_audioset")
@@ -315,27 +315,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_intermixed_args(argv)
+def run_job(prog: str, overrides: Sequence[str], job: Callable[[List[str]], int]) -> int:
+    """The frame of a one-command job (this one, ``pipelines.finetune``): logging, the override
+    syntax, and every user mistake as one ``prog: error:`` line with exit code 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from pipelines.feature_store import StoreError
+
     try:
-        if args.nproc < 1:
-            raise SetupError("NPROC / --nproc must be >= 1")
-        bad = [o for o in args.overrides if "=" not in o]
+        bad = [o for o in overrides if "=" not in o]
         if bad:
             raise SetupError(f"overrides must look like key=value, got {bad[0]!r}")
+        return job(list(overrides))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    except (SetupError, StoreError, ValueError, OSError, KeyError) as e:  # ConfigError, DataError, EvaluationError are ValueErrors
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
+
+    def job(overrides: List[str]) -> int:
+        if args.nproc < 1:
+            raise SetupError("NPROC / --nproc must be >= 1")
         if args.audioset_root or args.config:
-            return run_audioset(args, list(args.overrides))
+            return run_audioset(args, overrides)
         if args.nproc > 1:
             raise SetupError("NPROC > 1 needs AudioSet (AUDIOSET_ROOT=...) or a CONFIG; the embedded default trains on one CPU process")
-        return run_embedded(args, list(args.overrides))
-    except KeyboardInterrupt:
-        print("train_audioset: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
-    except (SetupError, StoreError, ValueError, OSError) as e:  # ConfigError, DataError, EvaluationError are ValueErrors
-        print(f"train_audioset: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        return run_embedded(args, overrides)
+
+    return run_job("train_audioset", args.overrides, job)
 
 
 if __name__ == "__main__":

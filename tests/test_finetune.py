@@ -26,7 +26,6 @@ from custom_sounds import balanced_clips, write_clip, write_dataset
 from pipelines.checkpoints import read_checkpoint
 from pipelines.init_from import InitFromError, initialise, read_parent
 from pipelines.model_parts import classifier_layer, freeze_parts
-from pipelines.optim import build_optimizer
 from pipelines.train import train
 from pipelines.train_config import load_config
 from pipelines.train_state import auto_head_bias, build_run_state, build_training_model
