@@ -10,10 +10,11 @@ float32). Note that librosa's *default* is the Slaney mel scale, whose bands dif
 completely from the HTK ones the paper (and torchaudio's default) uses, so
 ``htk=True`` matters.
 
-Optional training-time augmentation (SpecAugment masks, random time roll, random
-gain) lives in :class:`LogMelAugment`, configured by :class:`AugmentConfig`; it acts
-only when the module is in training mode, and also applies on its own to log-mels
-read back from a feature store.
+The module runs in two halves, ``forward = from_power(power_spectrogram(x))``: the
+paper's training path erases a rectangle of the power spectrogram in between
+(:class:`audio_dcls.augment.DclsAudioAugment`, which wraps this same module).
+SpecAugment masks, random time roll and random gain on log-mels read back from a
+feature store live in :class:`LogMelAugment`, configured by :class:`AugmentConfig`.
 """
 from __future__ import annotations
 
@@ -152,14 +153,16 @@ class LogMelAugment(nn.Module):
 class LogMel(nn.Module):
     """Waveform (B, samples) at ``config.sample_rate`` -> normalised log-mel (B, 1, n_mels, T).
 
-    T = samples // hop_length + 1 (centred frames; 1001 for 10 s at 32 kHz). The
+    T = samples // hop_length + 1 (centred frames; 1001 for 10 s at 32 kHz).
+    ``power_spectrogram`` (waveform -> (B, n_fft // 2 + 1, T) power) and ``from_power``
+    (power -> log-mel) are the two halves of ``forward``. The
     window and filterbank are non-persistent buffers: they follow ``.to(device)`` but
     never enter a state_dict, so checkpoints carry only ``config``. The STFT always
     runs in float32 (also under autocast or after ``.half()``: the -100 dB floor does not
     fit float16); the output comes back in the module's dtype.
     """
 
-    def __init__(self, config: LogMelConfig = LogMelConfig(), augment: AugmentConfig | None = None):
+    def __init__(self, config: LogMelConfig = LogMelConfig()):
         super().__init__()
         if config.win_length > config.n_fft:
             raise ValueError(f"win_length {config.win_length} exceeds n_fft {config.n_fft}")
@@ -173,18 +176,31 @@ class LogMel(nn.Module):
         used = np.flatnonzero(fb.any(axis=1))
         self._bins = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, fb.shape[0])
         self.register_buffer("mel_fb", torch.from_numpy(fb[self._bins[0] : self._bins[1]].copy()), persistent=False)  # (used bins, n_mels)
-        self.augment = LogMelAugment(augment, db_per_unit=config.std) if augment is not None else None
+
+    @property
+    def n_freqs(self) -> int:
+        """Rows of the power spectrogram: n_fft // 2 + 1 (513)."""
+        return self.config.n_fft // 2 + 1
 
     def num_frames(self, num_samples: int) -> int:
+        """Frames T of a clip of ``num_samples`` samples (short clips are zero-padded to n_fft // 2 + 1 first)."""
         return max(num_samples, self.config.n_fft // 2 + 1) // self.config.hop_length + 1
 
-    def forward(self, waveform: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, samples) or (samples,) -> (B, 1, n_mels, T) normalised log-mel."""
+        return self.from_power(self.power_spectrogram(waveform))
+
+    def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, samples) or (samples,) -> float32 |STFT|^2, (B, n_freqs, T), all n_fft // 2 + 1 bins.
+
+        The first half of the front end, where the paper's training path erases a
+        rectangle (:func:`audio_dcls.augment.erase`) before :meth:`from_power`.
+        """
         cfg = self.config
         if waveform.dim() == 1:
             waveform = waveform.unsqueeze(0)
         if waveform.dim() != 2:
             raise ValueError(f"LogMel expects (batch, samples) audio, got shape {tuple(waveform.shape)}")
-        out_dtype = self.mel_fb.dtype
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             x = waveform.to(torch.float32)  # (B, N)
             min_len = cfg.n_fft // 2 + 1  # reflect padding needs more samples than half a window
@@ -205,14 +221,19 @@ class LogMel(nn.Module):
                 onesided=True,
                 return_complex=True,
             )  # (B, n_freqs, T)
-            spec = spec[:, self._bins[0] : self._bins[1]]  # (B, used bins, T)
-            power = spec.real.square().addcmul_(spec.imag, spec.imag)  # |X|^2, 3x faster than abs()**2
-            mel = torch.matmul(power.transpose(1, 2), self.mel_fb.float()).transpose(1, 2)  # (B, n_mels, T)
+            return spec.real.square().addcmul_(spec.imag, spec.imag)  # |X|^2, 3x faster than abs()**2
+
+    def from_power(self, power: torch.Tensor) -> torch.Tensor:
+        """(B, n_freqs, T) power spectrogram -> (B, 1, n_mels, T) normalised log-mel, in the module's dtype."""
+        cfg = self.config
+        if power.dim() != 3 or power.shape[1] != self.n_freqs:
+            raise ValueError(f"LogMel.from_power expects (batch, {self.n_freqs}, frames), got shape {tuple(power.shape)}")
+        out_dtype = self.mel_fb.dtype
+        with torch.autocast(device_type=power.device.type, enabled=False):
+            used = power.to(torch.float32)[:, self._bins[0] : self._bins[1]]  # (B, used bins, T)
+            mel = torch.matmul(used.transpose(1, 2), self.mel_fb.float()).transpose(1, 2)  # (B, n_mels, T)
             db = 10.0 * torch.log10(mel.clamp_min(1e-10))
-            out = ((db - cfg.mean) / cfg.std).unsqueeze(1).to(out_dtype)  # (B, 1, n_mels, T)
-        if self.augment is not None:
-            out = self.augment(out, generator=generator)
-        return out
+            return ((db - cfg.mean) / cfg.std).unsqueeze(1).to(out_dtype)  # (B, 1, n_mels, T)
 
     @torch.inference_mode()
     def compute(self, waveforms: np.ndarray, batch_size: int = 16) -> np.ndarray:

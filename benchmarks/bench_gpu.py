@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from audio_dcls.io import atomic_write  # noqa: E402
 from audio_dcls.layers import Dcls2d  # noqa: E402
 from audio_dcls.layers.depthwise_conv import DepthwiseConv2d, use_fast_depthwise  # noqa: E402
 from audio_dcls.ops import HAS_TRITON  # noqa: E402
@@ -99,9 +100,7 @@ class Report:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        tmp.replace(self.path)
+        atomic_write(self.path, json.dumps(self.data, indent=2, default=str))
 
 
 def _error(err: BaseException) -> str:

@@ -148,7 +148,9 @@ def is_custom_csv(spec: str) -> bool:
     return path.suffix.lower() == ".csv" and path.is_file() and not _is_audioset_csv(path)
 
 
-def _open_source(path: Path, audio_dir: Optional[str], vocabulary: Optional[LabelVocabulary], strict: bool = False):
+def open_clip_source(path: Path, audio_dir: Optional[str] = None, vocabulary: Optional[LabelVocabulary] = None, strict: bool = False):
+    """An AudioSet segment CSV (+ ``audio_dir``), a ``path,labels`` CSV or a PANNs HDF5 file -> its ClipSource
+    (``strict``: a custom CSV label outside ``vocabulary`` is an error)."""
     from pipelines.sources import AudioSetSource, CustomCsvSource, PannsHdf5Source
 
     suffix = path.suffix.lower()
@@ -186,7 +188,7 @@ def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[Log
         raise DataError(f"{spec}: no such feature store folder or file")
     frontend = frontend or LogMelConfig()
     try:
-        source = _open_source(path, audio_dir, vocabulary, strict)
+        source = open_clip_source(path, audio_dir, vocabulary, strict)
     except DataError:
         raise
     except (ValueError, OSError, KeyError) as e:

@@ -200,7 +200,7 @@ def load_parent(model: nn.Module, parent: Parent, vocabulary: LabelVocabulary, s
     return InitSummary(source or str(parent.path), parent.format, parent.record(), lines, detail)
 
 
-def _upstream(model: nn.Module, source: str) -> InitSummary:
+def _upstream(model: nn.Module, source: str, fresh_dcls: bool = False) -> InitSummary:
     """Hand ``source`` to the upstream checkpoint reader (ImageNet ConvNeXt, MetaFormer, timm files)."""
     try:
         from audio_dcls.convert import load_init_weights
@@ -210,17 +210,18 @@ def _upstream(model: nn.Module, source: str) -> InitSummary:
             "has no reader for other checkpoint formats (audio_dcls.convert)"
         ) from None
     try:
-        report = load_init_weights(model, source)
+        report = load_init_weights(model, source, fresh_dcls=fresh_dcls)
     except (ValueError, OSError) as e:
         raise InitFromError(f"init_from: {' '.join(str(e).split())}") from None
     record = {"name": Path(report.path).name, "format": report.format, "path": report.path, "sha256": report.sha256}
     return InitSummary(source, report.format, record, list(report.lines()), report.to_dict())
 
 
-def initialise(model: nn.Module, source: str, vocabulary: LabelVocabulary, parent: Optional[Parent] = None) -> InitSummary:
-    """The one entry point: ``parent`` (from :func:`read_parent`) when ``source`` is ours, else the upstream loader."""
+def initialise(model: nn.Module, source: str, vocabulary: LabelVocabulary, parent: Optional[Parent] = None, fresh_dcls: bool = False) -> InitSummary:
+    """The one entry point: ``parent`` (from :func:`read_parent`) when ``source`` is ours, else the upstream
+    loader (``fresh_dcls``: see ``audio_dcls.convert.load_init_weights``)."""
     if parent is None:
         parent = read_parent(source)
     if parent is not None:
         return load_parent(model, parent, vocabulary, source)
-    return _upstream(model, source)
+    return _upstream(model, source, fresh_dcls)

@@ -254,7 +254,7 @@ class Trainer:
                 check_parent(cfg, parent, data)
             sampler = plan_steps(cfg, len(data.dataset), env)
             label_rate = data.label_rate() if cfg.head_bias_init == "auto" else None
-            init = (lambda model: initialise(model, cfg.init_from, data.vocabulary, parent)) if cfg.init_from and ckpt is None else None
+            init = (lambda model: initialise(model, cfg.init_from, data.vocabulary, parent, cfg.init_fresh_dcls)) if cfg.init_from and ckpt is None else None
             state = build_run_state(cfg, len(data.vocabulary), env.device, sampler.steps_per_epoch, sampler.accum, data.frontend.std, env.world, label_rate, init)
             if ckpt is not None:
                 resume_state(state, ckpt, env, cfg.resolved_output_dir() / CHECKPOINT_FILE, sampler.steps_per_epoch)

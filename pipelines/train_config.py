@@ -42,6 +42,7 @@ class TrainConfig:
     head_bias_init: Union[float, Literal["auto"], None] = None  # initial classifier bias: a logit (e.g. -5.0), 'auto' (per class, the logit of its rate in the training set after label smoothing, clipped to [1e-4, 1 - 1e-4]) or null (the model's: 0, p = 0.5)
     # --- fine-tuning ---------------------------------------------------------------
     init_from: str = ""  # start from these weights ('' = random init): one of our release folders or training checkpoints (last.pt), or an upstream/ImageNet checkpoint (path or URL) that audio_dcls.convert reads; classifier rows are copied by class
+    init_fresh_dcls: bool = False  # init_from an upstream file: where it has a plain depthwise conv and the model a DCLS layer, keep that layer's fresh init instead of stopping (the paper's ConvFormer-S18-DCLS from ImageNet ConvFormer-S18)
     freeze: str = "none"  # 'none', 'backbone' (only the classifier trains) or 'stages:N' (the stem and the first N stages stay fixed); frozen parts run in eval mode and are not in the optimizer
     head_lr_scale: float = 1.0  # the classifier's learning rate is lr x this
     backbone_lr_scale: float = 1.0  # every other parameter's learning rate is lr x this (DCLS positions and Σ: x position_lr_scale on top)

@@ -7,6 +7,7 @@ into the same shape by the handlers installed with :func:`install_error_handlers
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 from typing import Dict, Optional
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("service")
 
 # HTTP status -> default code for errors raised by the framework itself.
-_STATUS_CODES = {
+_STATUS_CODES = MappingProxyType({
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -30,7 +31,7 @@ _STATUS_CODES = {
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
-}
+})
 
 
 class ServiceError(Exception):

@@ -7,9 +7,10 @@ paths that match no route count as ``unmatched``.
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Latency buckets from 5 ms (health probes) to 2 min (a 10-minute file on a busy CPU).
@@ -61,11 +62,16 @@ class ServiceMetrics:
 
 
 class MetricsMiddleware:
-    """Pure ASGI middleware: counts every HTTP response and times it to its last byte."""
+    """Pure ASGI middleware: counts every HTTP response and times it to its last byte.
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
+    ``routes`` are the app's routes, to label the requests refused before routing (401, 413) by the
+    template they asked for.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: Sequence[BaseRoute] = ()):
         self.app = app
         self.metrics = metrics
+        self.routes = tuple(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,21 +88,16 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = _route_template(scope)
-            labels = (route, scope.get("method", "GET"), str(status["code"]))
+            labels = (self._route_template(scope), scope.get("method", "GET"), str(status["code"]))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
 
-
-def _route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    if route is not None and getattr(route, "path", None):
-        return route.path
-    app = scope.get("app")
-    router = getattr(app, "router", None)
-    if router is not None:
-        for r in router.routes:
+    def _route_template(self, scope: Scope) -> str:
+        route = scope.get("route")  # set by the router once it has matched
+        if route is not None and getattr(route, "path", None):
+            return route.path
+        for r in self.routes:
             match, _ = r.matches(scope)
-            if match == Match.FULL:
-                return getattr(r, "path", "unmatched")
-    return "unmatched"
+            if match == Match.FULL and getattr(r, "path", None):
+                return r.path
+        return "unmatched"

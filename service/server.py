@@ -15,24 +15,48 @@ import asyncio
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import uvicorn
+
+from audio_dcls.checkpoint import Release, load_release
 
 from .app import create_app
 from .settings import Settings
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling a thread when it listens."""
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        self.started_event = threading.Event()
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.started_event.set()
+
+
 class BackgroundServer:
-    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    """``settings`` and ``release_loader`` go to :func:`service.app.create_app`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        release_loader: Callable[..., Release] = load_release,
+    ):
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings, release_loader=release_loader)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         config = uvicorn.Config(self.app, log_level=log_level, access_log=False, lifespan="on")
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config)
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -41,18 +65,22 @@ class BackgroundServer:
 
     @property
     def registry(self):
-        return self.app.state.registry
+        return self.app.state.context.registry
+
+    def _serve(self) -> None:
+        try:
+            asyncio.run(self._server.serve(sockets=[self._sock]))
+        finally:
+            self._server.started_event.set()  # wake start() if serving ended before it began
 
     def start(self, wait_ready: bool = True, timeout: float = 300.0) -> "BackgroundServer":
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve(sockets=[self._sock])), name=f"uvicorn-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"uvicorn-{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the server thread ended during start-up (see the log)")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server did not start within {timeout:g} s")
-            time.sleep(0.02)
+        if not self._server.started_event.wait(timeout):
+            raise TimeoutError(f"server did not start within {timeout:g} s")
+        if not self._server.started:
+            raise RuntimeError("the server thread ended during start-up (see the log)")
         if wait_ready:
             self.registry.wait(max(0.0, deadline - time.monotonic()))
         return self

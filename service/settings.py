@@ -9,12 +9,13 @@ behaviour later.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping, Optional
 
 # Where `make train-audioset` writes its release folders (relative to the working directory).
 DEFAULT_MODELS_DIR = "runs/release"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 
 
 class SettingsError(ValueError):
@@ -25,7 +26,7 @@ class SettingsError(ValueError):
 class Settings:
     models_dir: Path = Path(DEFAULT_MODELS_DIR)  # folder whose sub-folders are release folders (one model each)
     default_model: Optional[str] = None  # model used when a request names none; None: the first name in sorted order
-    api_key: Optional[str] = None  # when set, every route but /health/* and the web page needs "Authorization: Bearer <key>"
+    api_key: Optional[str] = None  # when set, every route but /health/*, the web page and the API docs needs "Authorization: Bearer <key>"
     device: str = "cpu"  # torch device the models run on ("cpu", "cuda", "cuda:1")
     torch_threads: int = min(4, os.cpu_count() or 1)  # intra-op threads of each inference worker (torch.set_num_threads)
     max_batch_size: int = 16  # most windows in one forward pass; 1 turns dynamic batching off
@@ -39,7 +40,7 @@ class Settings:
     warmup: bool = True  # run a few forward passes per model before reporting ready
     host: str = "127.0.0.1"  # `python -m service` binds here (0.0.0.0 inside a container)
     port: int = 8000
-    log_level: str = "info"
+    log_level: str = "info"  # one of LOG_LEVELS
 
     def __post_init__(self):
         positive = ("torch_threads", "max_batch_size", "queue_size", "max_upload_bytes", "max_batch_files", "max_windows", "decode_threads")
@@ -52,6 +53,9 @@ class Settings:
             raise SettingsError(f"MAX_AUDIO_SECONDS must be > 0, got {self.max_audio_seconds}")
         if not (0 < self.port < 65536):
             raise SettingsError(f"PORT must be in 1-65535, got {self.port}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        object.__setattr__(self, "log_level", self.log_level.lower())
         if self.api_key is not None and not self.api_key.strip():
             object.__setattr__(self, "api_key", None)  # API_KEY="" means no key, not an empty key
         object.__setattr__(self, "models_dir", Path(self.models_dir))
@@ -68,16 +72,6 @@ class Settings:
             values[f.name] = _parse(f.name, raw, f.default)
         values.update(overrides)
         return cls(**values)
-
-    def with_(self, **changes) -> "Settings":
-        return replace(self, **changes)
-
-    def public(self) -> dict:
-        """Settings safe to show (the API key is never echoed)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
-        d["models_dir"] = str(self.models_dir)
-        d["api_key_required"] = self.api_key is not None
-        return d
 
 
 def _parse(name: str, raw: str, default):

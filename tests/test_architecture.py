@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("audio_dcls", "pipelines", "service")
 MAX_FUNCTION_LINES = 120
 # service/ is held to the same limit once its long app factory is split (another change).
-LENGTH_CHECKED = ("pipelines",)
+LENGTH_CHECKED = ("pipelines", "service")
 
 
 def _module_files() -> Dict[str, Path]:

@@ -164,3 +164,27 @@ def test_schema_copy_is_the_compose_spec():
     assert schema["title"] == "Compose Specification"
     service = schema["definitions"]["service"]["properties"]
     assert {"healthcheck", "deploy", "profiles", "shm_size", "build"} <= set(service)
+
+
+def _make_plan(target: str, tmp_path: Path) -> str:
+    """The commands `make <target>` would run on a fresh clone (no virtualenv yet), without running them."""
+    import subprocess
+
+    r = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("target", ["train-audioset", "serve", "paper-table", "venv"])
+def test_run_targets_install_run_time_dependencies_only(target, tmp_path):
+    plan = _make_plan(target, tmp_path)
+    assert "-m venv" in plan and "pip install" in plan and "-e ." in plan  # a fresh clone gets its venv
+    assert "[test]" not in plan and "torchaudio" not in plan, plan
+
+
+def test_make_test_installs_the_test_extra_and_the_oracle(tmp_path):
+    plan = _make_plan("test", tmp_path).splitlines()
+    steps = [i for i, line in enumerate(plan) if "pip install" in line or "pytest" in line]
+    assert any("-e ." in plan[i] and "[test]" not in plan[i] for i in steps)  # the run-time install first
+    assert any("'.[test]'" in plan[i] for i in steps) and any("--no-deps torchaudio" in plan[i] for i in steps)
+    assert "-m pytest" in plan[steps[-1]]  # and the tests only after everything is installed

@@ -95,15 +95,13 @@ def test_short_input_is_padded_not_an_error():
 
 
 def test_augmentation_only_in_training_mode():
-    x = 0.1 * torch.randn(2, 32000, generator=torch.Generator().manual_seed(0))
-    plain = LogMel()(x)
-    lm = LogMel(augment=AugmentConfig())
-    lm.eval()
-    assert torch.equal(lm(x), plain)
-    lm.train()
-    a = lm(x, generator=torch.Generator().manual_seed(1))
-    b = lm(x, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b) and not torch.equal(a, plain)  # reproducible with a generator, and not a no-op
+    x = LogMel()(0.1 * torch.randn(2, 32000, generator=torch.Generator().manual_seed(0)))  # (2, 1, 128, 101)
+    aug = LogMelAugment(AugmentConfig())
+    assert torch.equal(aug.eval()(x), x)
+    aug.train()
+    a = aug(x, generator=torch.Generator().manual_seed(1))
+    b = aug(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, x)  # reproducible with a generator, and not a no-op
 
 
 def test_masks_gain_and_roll_do_what_they_say():
@@ -131,3 +129,48 @@ def test_masks_gain_and_roll_do_what_they_say():
     for b in range(4):
         assert any(torch.equal(r[b], torch.roll(x[b], s, dims=-1)) for s in range(200))
     assert torch.equal(only_roll.eval()(x), x)
+
+
+def logmel_before_the_split(lm: LogMel, waveform: torch.Tensor) -> torch.Tensor:
+    """LogMel.forward as it was before power_spectrogram/from_power (commit 22b18d6), step by step."""
+    c = lm.config
+    waveform = waveform.unsqueeze(0) if waveform.dim() == 1 else waveform
+    x = waveform.to(torch.float32)
+    if x.shape[-1] < c.n_fft // 2 + 1:
+        x = torch.nn.functional.pad(x, (0, c.n_fft // 2 + 1 - x.shape[-1]))
+    half = c.n_fft // 2
+    x = torch.cat([x[:, 1 : half + 1].flip(-1), x, x[:, -half - 1 : -1].flip(-1)], dim=-1)
+    spec = torch.stft(x, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length, window=lm.window.float(),
+                      center=False, normalized=False, onesided=True, return_complex=True)
+    spec = spec[:, lm._bins[0] : lm._bins[1]]
+    power = spec.real.square().addcmul_(spec.imag, spec.imag)
+    mel = torch.matmul(power.transpose(1, 2), lm.mel_fb.float()).transpose(1, 2)
+    db = 10.0 * torch.log10(mel.clamp_min(1e-10))
+    return ((db - c.mean) / c.std).unsqueeze(1).to(lm.mel_fb.dtype)
+
+
+def test_forward_is_bit_identical_to_before_the_split():
+    """The service's and the stores' numbers do not move: same bits as the pre-split forward."""
+    g = torch.Generator().manual_seed(5)
+    lm = LogMel()
+    for x in (0.1 * torch.randn(3, 320000, generator=g), 0.3 * torch.randn(1, 8000, generator=g),
+              torch.randn(1, 100, generator=g), 0.1 * torch.randn(20000, generator=g), torch.zeros(2, 4000)):
+        assert torch.equal(lm(x), logmel_before_the_split(lm, x))
+    half = LogMel().half()
+    x = (0.1 * torch.randn(2, 16000, generator=g)).half()
+    assert torch.equal(half(x), logmel_before_the_split(half, x))
+
+
+def test_power_spectrogram_is_torchaudios_and_from_power_finishes_forward():
+    g = torch.Generator().manual_seed(6)
+    lm = LogMel()
+    x = 0.1 * torch.randn(2, 32000, generator=g)
+    power = lm.power_spectrogram(x)
+    assert power.shape == (2, 513, 101) and power.dtype == torch.float32 and lm.n_freqs == 513
+    ref = torchaudio.transforms.Spectrogram(n_fft=1024, hop_length=320, power=2.0)(x)  # all 513 bins, as the paper erases them
+    assert torch.allclose(power, ref, rtol=1e-4, atol=1e-6 * ref.max().item())
+    assert torch.equal(lm.from_power(power), lm(x))
+    for n in (100, 513, 640, 32000, 32001, 320000):
+        assert lm.power_spectrogram(torch.zeros(1, n)).shape[-1] == lm.num_frames(n)
+    with pytest.raises(ValueError, match="from_power expects"):
+        lm.from_power(power[:, :448])

@@ -10,6 +10,7 @@ import concurrent.futures
 import io
 import os
 import struct
+import threading
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ import timm
 import torch
 
 import audio_dcls.models  # noqa: F401  (registers the models)
-from audio_dcls.checkpoint import save_release
+from audio_dcls.checkpoint import load_release, save_release
 from audio_dcls.features import LogMelConfig
 from audio_dcls.labels import audioset_vocabulary
 from service.server import BackgroundServer
@@ -129,10 +130,9 @@ def test_settings_from_env():
     assert s.models_dir == Path("/models") and s.max_batch_size == 8 and s.max_wait_ms == 2.5 and s.port == 9000
     assert s.api_key is None and s.warmup is False
     assert Settings.from_env({}).models_dir == Path("runs/release")
-    for env in ({"MAX_BATCH_SIZE": "0"}, {"MAX_BATCH_SIZE": "lots"}, {"WARMUP": "maybe"}, {"PORT": "70000"}):
+    for env in ({"MAX_BATCH_SIZE": "0"}, {"MAX_BATCH_SIZE": "lots"}, {"WARMUP": "maybe"}, {"PORT": "70000"}, {"LOG_LEVEL": "loud"}):
         with pytest.raises(SettingsError):
             Settings.from_env(env)
-    assert "api_key" not in Settings(api_key="x").public()
 
 
 # --- health, models, labels ---------------------------------------------------------------------
@@ -194,8 +194,9 @@ def test_tag_result_shape_and_values(client, server):
     assert body["model"] == "tiny-convnext" and body["filename"] == "tone.wav"
     assert body["duration_s"] == pytest.approx(12.5, abs=1e-3)
     assert body["sample_rate"] == 32000 and body["window_s"] == 10 and body["hop_s"] == 5
-    # 12.5 s, 10 s windows every 5 s: starts 0 and 5, the second padded past the end.
-    assert [(w["start_s"], w["end_s"]) for w in body["windows"]] == [(0.0, 10.0), (5.0, 12.5)]
+    # 12.5 s, 10 s windows every 5 s: one at 0; the next at 5 would run 2.5 s past the end, so the last
+    # window is pulled back to end at the end of the audio (audio_dcls.windowing): no padding.
+    assert [(w["start_s"], w["end_s"]) for w in body["windows"]] == [(0.0, 10.0), (2.5, 12.5)]
     assert body["num_windows"] == 2
     scores = np.array(body["scores"])
     assert scores.shape == (527,) and ((scores >= 0) & (scores <= 1)).all()
@@ -224,9 +225,9 @@ def test_tag_result_shape_and_values(client, server):
     from audio_dcls.audio import load_audio
 
     audio = torch.from_numpy(load_audio(encode(y, sr), target_sr=32000))
-    padded = torch.nn.functional.pad(audio, (0, 5 * 32000 + 320000 - audio.shape[0]))
+    assert audio.shape[0] == 400000
     with torch.inference_mode():
-        direct = torch.stack([loaded.tagger(padded[None, s : s + 320000])[0] for s in (0, 5 * 32000)]).numpy()
+        direct = torch.stack([loaded.waveform_model(audio[None, s : s + 320000]).scores[0] for s in (0, 80000)]).numpy()
     np.testing.assert_allclose(scores, direct.max(0), atol=1e-5)
 
     # threshold keeps only tags at or above it; a file name with a misleading extension still decodes by content.
@@ -476,19 +477,36 @@ def test_web_page_is_served(client):
         assert asset in page.text
 
 
-def test_not_ready_while_loading(models_dir):
-    server = BackgroundServer(Settings(models_dir=models_dir, torch_threads=1))
+def test_not_ready_while_loading(models_dir, tmp_path):
+    # The registry reads each release folder through release_loader: this one holds loading open
+    # until the test has seen the service answer while it loads.
+    only = tmp_path / "models"
+    only.mkdir()
+    os.symlink(models_dir / "tiny-convnext", only / "tiny-convnext")
+    loading, gate = threading.Event(), threading.Event()
+
+    def held_open(folder, device):
+        loading.set()
+        assert gate.wait(120), "the test never let loading finish"
+        return load_release(folder, device=device)
+
+    server = BackgroundServer(Settings(models_dir=only, torch_threads=1), release_loader=held_open)
     try:
         server.start(wait_ready=False)
+        assert loading.wait(60)
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            before = server.registry.state
-            r = c.get("/health/ready")
-            after = server.registry.state
             assert c.get("/health/live").status_code == 200
-            if before == after == "loading":
-                assert_error(r, 503, "not_ready")
-                assert "loading models" in r.json()["error"]["message"]
-            server.registry.wait(120)
-            assert c.get("/health/ready").status_code == 200
+            r = c.get("/health/ready")
+            err = assert_error(r, 503, "not_ready")
+            assert "loading models (0/1 release folders done)" in err["message"] and r.headers["Retry-After"] == "5"
+            assert_error(c.get("/v1/models"), 503, "not_ready")
+            assert_error(c.get("/v1/labels"), 503, "not_ready")
+            assert_error(post_tag(c, encode(clip(2), 32000)), 503, "not_ready")
+            assert "audio_dcls_ready 0.0" in c.get("/metrics").text
+            gate.set()
+            assert server.registry.wait(120)
+            assert c.get("/health/ready").json()["models"] == ["tiny-convnext"]
+            assert post_tag(c, encode(clip(2), 32000)).status_code == 200
     finally:
+        gate.set()
         server.stop()

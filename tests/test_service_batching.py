@@ -1,13 +1,13 @@
 """The dynamic batching worker on its own: batch composition, scatter-back, failures, limits.
 
 ``infer`` here is a plain function that reads the first samples of each window,
-so every score says which job and window it came from: a window landing in the
-wrong job, or a batch mixing lengths, shows up as a wrong number.
+so every score (and every embedding, which carries the same facts in another
+order) says which job and window it came from: a window landing in the wrong
+job, or a batch mixing lengths, shows up as a wrong number.
 """
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -25,20 +25,28 @@ def make_job(job_id: int, windows: int, window: int = 8, hop: int = 4) -> TagJob
 
 
 class Recorder:
-    """infer: (B, window) -> (B, 3) [job id, window index, window length]; remembers batch sizes."""
+    """infer: (B, window) -> scores (B, 3) [job id, window index, window length] and embeddings
+    (B, 2) [window index, job id]; remembers batch sizes.
+
+    With a ``gate``, the first call sets ``entered`` (the worker has taken its first job off the
+    queue and is inside the model) and holds there until the test opens the gate.
+    """
 
     def __init__(self, gate: threading.Event | None = None, fail_on_job: int | None = None):
         self.sizes = []
         self.gate = gate
+        self.entered = threading.Event()
         self.fail_on_job = fail_on_job
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
         if self.gate is not None:
-            self.gate.wait(10)
+            assert self.gate.wait(30), "the test never opened the gate"
         self.sizes.append(x.shape[0])
         if self.fail_on_job is not None and (x[:, 0] == self.fail_on_job).any():
             raise RuntimeError("model failure")
-        return torch.stack([x[:, 0], x[:, 1], torch.full((x.shape[0],), float(x.shape[1]))], 1)
+        scores = torch.stack([x[:, 0], x[:, 1], torch.full((x.shape[0],), float(x.shape[1]))], 1)
+        return scores, torch.stack([x[:, 1], x[:, 0]], 1)
 
 
 def check(job: TagJob, job_id: int):
@@ -46,6 +54,8 @@ def check(job: TagJob, job_id: int):
     assert scores[:, 0].tolist() == [job_id] * job.num_windows
     assert scores[:, 1].tolist() == list(range(job.num_windows))
     assert scores[:, 2].tolist() == [job.window] * job.num_windows
+    embeddings = job.embeddings
+    assert embeddings.tolist() == [[i, job_id] for i in range(job.num_windows)]
 
 
 def test_windows_of_several_jobs_share_batches_and_come_back_to_their_job():
@@ -55,7 +65,7 @@ def test_windows_of_several_jobs_share_batches_and_come_back_to_their_job():
     try:
         first = make_job(1, 1)
         worker.submit(first)
-        time.sleep(0.2)  # the worker now blocks inside infer on the first job
+        assert rec.entered.wait(10)  # the worker now blocks inside infer on the first job
         jobs = [make_job(j, n) for j, n in ((2, 3), (3, 4), (4, 1), (5, 2))]
         for j in jobs:
             worker.submit(j)
@@ -76,7 +86,7 @@ def test_batches_never_mix_window_lengths():
     worker = BatchWorker("t", rec, max_batch_size=8, max_wait_ms=20, queue_size=16).start()
     try:
         worker.submit(make_job(9, 1))
-        time.sleep(0.2)
+        assert rec.entered.wait(10)
         a, b, c = make_job(1, 2, window=8), make_job(2, 2, window=12, hop=6), make_job(3, 2, window=8)
         for j in (a, b, c):
             worker.submit(j)
@@ -108,10 +118,11 @@ def test_a_failing_batch_fails_only_its_jobs_and_the_worker_goes_on():
 
 def test_full_queue_and_stop():
     gate = threading.Event()
-    worker = BatchWorker("t", Recorder(gate), max_batch_size=1, max_wait_ms=0, queue_size=2).start()
+    rec = Recorder(gate)
+    worker = BatchWorker("t", rec, max_batch_size=1, max_wait_ms=0, queue_size=2).start()
     running = make_job(1, 1)
     worker.submit(running)
-    time.sleep(0.2)  # taken off the queue, blocked in infer
+    assert rec.entered.wait(10)  # taken off the queue, blocked in infer
     queued = [make_job(2, 1), make_job(3, 1)]
     for j in queued:
         worker.submit(j)
@@ -132,9 +143,10 @@ def test_full_queue_and_stop():
 
 def test_stop_fails_waiting_jobs():
     gate = threading.Event()
-    worker = BatchWorker("t", Recorder(gate), max_batch_size=1, max_wait_ms=0, queue_size=4).start()
+    rec = Recorder(gate)
+    worker = BatchWorker("t", rec, max_batch_size=1, max_wait_ms=0, queue_size=4).start()
     worker.submit(make_job(1, 1))
-    time.sleep(0.2)
+    assert rec.entered.wait(10)
     waiting = make_job(2, 1)
     worker.submit(waiting)
     stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 0.5})
@@ -145,30 +157,45 @@ def test_stop_fails_waiting_jobs():
     gate.set()
 
 
+class OnTheWay:
+    """The ``incoming`` count a worker reads, set by the test; ``polled`` is set once the worker,
+    holding work, has asked for it (and so decided whether to wait)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.polled = threading.Event()
+
+    def __call__(self) -> int:
+        self.polled.set()
+        return self.count
+
+
 def test_lone_request_does_not_wait_when_nothing_is_on_its_way():
-    on_the_way = [0]
-    worker = BatchWorker("t", Recorder(), max_batch_size=8, max_wait_ms=2000, queue_size=4, incoming=lambda: on_the_way[0]).start()
+    # max_wait is ten minutes: a worker that waited for company would time the result out.
+    on_the_way = OnTheWay(0)
+    worker = BatchWorker("t", Recorder(), max_batch_size=8, max_wait_ms=600_000, queue_size=4, incoming=on_the_way).start()
     try:
         job = make_job(1, 1)
-        t0 = time.perf_counter()
         worker.submit(job)
         check(job, 1)
-        assert time.perf_counter() - t0 < 1.0  # not the 2 s max_wait
+        assert on_the_way.polled.is_set()
     finally:
         worker.stop()
 
 
 def test_worker_waits_for_requests_on_their_way():
-    on_the_way = [1]
+    on_the_way = OnTheWay(1)
     rec = Recorder()
-    worker = BatchWorker("t", rec, max_batch_size=8, max_wait_ms=5000, queue_size=4, incoming=lambda: on_the_way[0]).start()
+    worker = BatchWorker("t", rec, max_batch_size=8, max_wait_ms=600_000, queue_size=4, incoming=on_the_way).start()
     try:
         first, second = make_job(1, 2), make_job(2, 3)
         worker.submit(first)
-        time.sleep(0.3)  # one more request is announced: the worker holds the first one back
-        assert not first.future.done()
-        worker.submit(second)  # arrives, and nothing more is on its way
-        on_the_way[0] = 0
+        assert on_the_way.polled.wait(10)  # it holds the first job and has seen one more on its way
+        assert not first.future.done() and rec.sizes == []
+        # The order the app uses: queued first, then no longer counted as on its way. The worker
+        # must not run the first job alone in between.
+        worker.submit(second)
+        on_the_way.count = 0
         check(first, 1)
         check(second, 2)
         assert rec.sizes == [5]  # both in one batch

@@ -13,7 +13,10 @@ log-mel input:
   the stem's own norm (64×62 maps enter stage 0);
 * DCLS variants: every SepConv ``dwconv`` (depthwise 7×7 on the 2× expanded
   channels) becomes ``Dcls2d(C, C, 26 taps, 23×23, padding 11, groups C,
-  bias=False)``, with one shared positions/Σ parameter per stage.
+  bias=False)``, with one shared positions/Σ parameter per stage;
+* the LayerNorm inside the MLP head uses eps 1e-5, as in sail-sg/metaformer
+  and DCLS-Audio (``nn.LayerNorm`` defaults), where timm's ``MlpHead`` uses
+  1e-6: the released ConvFormer weights were trained with 1e-5.
 
 Unique parameters, 527 classes: ConvFormer-S18 25,797,847 (DSC), 25,781,207 (DCLS).
 """
@@ -22,12 +25,15 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.metaformer import LayerNorm2dNoBias, MetaFormer, SepConv
+from timm.models.metaformer import LayerNorm2dNoBias, MetaFormer, MlpHead, SepConv
 
 from ._audio_cfg import AUDIOSET_NUM_CLASSES, audio_cfg, check_not_pretrained
 from ._dcls_swap import DclsSpec, audio_stem_conv, replace_module, rescale_feature_info, swap_stages_to_dcls
 
 __all__ = ["ConvFormerAudio"]
+
+# LayerNorm eps inside the MLP head of sail-sg/metaformer (nn.LayerNorm's default).
+MLP_HEAD_NORM_EPS = 1e-5
 
 
 class ConvFormerAudio(MetaFormer):
@@ -56,6 +62,7 @@ class ConvFormerAudio(MetaFormer):
         old = self.stem.conv
         replace_module(self, "stem.conv", audio_stem_conv(in_chans, old.out_channels, bias=False, like=old))
         rescale_feature_info(self, old_stem_stride=old.stride[0])
+        self._set_head_norm_eps()
         self.dcls = dcls
         if dcls:
             spec = DclsSpec(dcls_kernel_count, dcls_dilated_kernel_size, dcls_version)
@@ -64,6 +71,14 @@ class ConvFormerAudio(MetaFormer):
                 for i, stage in enumerate(self.stages)
             ]
             swap_stages_to_dcls(self, stage_names, spec)
+
+    def _set_head_norm_eps(self) -> None:
+        if isinstance(self.head.fc, MlpHead):
+            self.head.fc.norm.eps = MLP_HEAD_NORM_EPS
+
+    def reset_classifier(self, num_classes: int, *args, **kwargs):
+        super().reset_classifier(num_classes, *args, **kwargs)
+        self._set_head_norm_eps()
 
 
 def _create_convformer_audio(variant: str, pretrained: bool = False, **kwargs) -> ConvFormerAudio:

@@ -1,0 +1,20 @@
+"""The service's routes, one APIRouter per concern.
+
+Each module declares its routes in a ``build_router`` function (the endpoints
+are module-level functions), so every app gets routers of its own; the
+tagging routes quote the body limits taken from the settings.
+"""
+from typing import List, Mapping
+
+from fastapi import APIRouter
+
+from ..limits import BodyLimit
+from . import embed, health, models, tag
+
+
+def build_routers(limits: Mapping[str, BodyLimit]) -> List[APIRouter]:
+    """``limits``: service.limits.body_limits(settings)."""
+    return [health.build_router(), models.build_router(), tag.build_router(limits), embed.build_router(limits)]
+
+
+__all__ = ["build_routers"]
