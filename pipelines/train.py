@@ -241,7 +241,7 @@ class Trainer:
         self.show_bar = env.is_main and (sys.stderr.isatty() if progress is None else progress)
         self.stopped = False  # max_steps reached
         self.last_eval: Optional[Scores] = None
-        self.vocabulary_source = "the training data"
+        self.vocabulary_source = f"the training data's own ({cfg.train[0]})"
         self.init_record: Optional[Dict] = None  # init_from: source, format and parent (name, sha256, ...)
 
     @classmethod

@@ -213,6 +213,25 @@ def test_init_from_a_training_checkpoint(stores, tmp_path, one_thread):
         assert torch.equal(v, ckpt["model"][k]), k
 
 
+def test_init_from_an_upstream_file_goes_to_the_upstream_loader(stores, tmp_path, one_thread):
+    """A timm ConvNeXt checkpoint (not our format): audio_dcls.convert loads all but the stem and the classifier."""
+    from safetensors.torch import save_file
+
+    upstream = {k: v.contiguous() for k, v in timm.create_model("convnext_atto", **TINY_MODEL_ARGS).state_dict().items()}
+    path = tmp_path / "convnext_atto_imagenet.safetensors"
+    save_file(upstream, str(path))
+    assert read_parent(str(path)) is None  # not ours
+    model = build_training_model(load_config(None, TINY + ["train=[x]", "model=convnext_atto_audio"]), 5)
+    summary = initialise(model, str(path), LabelVocabulary([f"/t/tiny{i}" for i in range(5)]))
+    assert summary.format == "timm ConvNeXt" and summary.parent["sha256"] == _sha256(path)
+    assert torch.equal(model.stages[1].blocks[0].conv_dw.weight, upstream["stages.1.blocks.0.conv_dw.weight"])
+    run = tmp_path / "run"
+    summary = train(load_config(None, TINY + ["model=convnext_atto_audio", f"train=[{stores['train']}]", "epochs=1", "effective_batch=8", f"init_from={path}", f"output_dir={run}"]), progress=False)
+    record = json.loads((run / "init_from.json").read_text())
+    assert record["format"] == "timm ConvNeXt" and ["stem.0.weight", "audio stem (fresh init)"] in record["kept_fresh"]
+    assert summary["init_from"]["parent"]["sha256"] == _sha256(path)
+
+
 # ----------------------------------------------------------------------------------
 # make finetune, end to end
 # ----------------------------------------------------------------------------------
