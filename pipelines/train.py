@@ -311,6 +311,8 @@ class Trainer:
             atomic_write_json(self.out / INIT_SUMMARY_FILE, s.init_summary.to_dict())
         if s.frozen.modules:
             log.info("%s", s.frozen.describe())
+            if not cfg.init_from:
+                log.warning("freeze=%s without init_from: the frozen parts keep their random initialisation", cfg.freeze)
 
     # --- one epoch -------------------------------------------------------------------
     def _run_epoch(self) -> None:
