@@ -179,7 +179,8 @@ def load_release(folder: Union[str, Path], device: Union[str, torch.device] = "c
     try:
         model = build_model(config["arch"], model_args, len(labels))
     except Exception as e:  # unknown architecture or bad arguments
-        raise ReleaseError(f"{folder}: cannot build {config['arch']!r}: {e}") from None
+        # e.g. a FileNotFoundError whose str() is empty: a model_args.checkpoint_path that moved
+        raise ReleaseError(f"{folder}: cannot build {config['arch']!r}: {' '.join(str(e).split()) or type(e).__name__}") from None
     try:
         missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False, device=str(device))
     except Exception as e:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, default_collate
 
@@ -56,6 +57,10 @@ class StoreItems(Dataset):
     def close(self) -> None:
         self.store.close()
 
+    def positives(self) -> np.ndarray:
+        """(C,) items per class (a long clip cut into windows counts once per window)."""
+        return self.store.positives(self.windows.items_per_clip if self.windows.mode == "windows" else None)
+
 
 class AudioItems(Dataset):
     """Clips of a ClipSource decoded when read: int16 waveforms (L,) at the front end's rate,
@@ -86,6 +91,13 @@ class AudioItems(Dataset):
     def close(self) -> None:
         self.source.close()
 
+    def positives(self) -> np.ndarray:
+        """(C,) clips per class."""
+        counts = np.zeros(len(self.source.vocabulary), dtype=np.int64)
+        for clip in self.source.clips:
+            counts[list(clip.labels)] += 1
+        return counts
+
 
 def collate_items(batch):
     """-> (x (B, 1, F, T) or (B, L) or None, y (B, C), indices (B,), [(index, reason)] skipped).
@@ -103,10 +115,6 @@ def collate_items(batch):
     return x, y, idx, skipped
 
 
-def _parts(dataset: Dataset) -> list:
-    return list(dataset.datasets) if isinstance(dataset, ConcatDataset) else [dataset]
-
-
 @dataclass
 class DataSpec:
     dataset: Dataset
@@ -115,21 +123,30 @@ class DataSpec:
     ids: List[str]  # item id of each dataset index (a clip id; ``id#k`` for the k-th window of a long clip)
     description: Dict = field(default_factory=dict)
     missing: List[Tuple[str, str]] = field(default_factory=list)  # listed clips without audio (source level)
+    unknown_labels: Dict[str, int] = field(default_factory=dict)  # CSV labels outside the vocabulary -> clips (ignored)
     item_kind: str = LOGMEL  # what an item's clip is: 'logmel' (fp16 (1, F, T)) or 'waveform' (int16 (L,))
     notes: List[str] = field(default_factory=list)  # what was done with long clips, for the log
 
+    def _parts(self) -> list:
+        return self.dataset.datasets if isinstance(self.dataset, ConcatDataset) else [self.dataset]
+
     def set_epoch(self, epoch: int) -> None:
         """Before each epoch's DataLoader: the epoch's random crops of long clips."""
-        for part in _parts(self.dataset):
+        for part in self._parts():
             if hasattr(part, "set_epoch"):
                 part.set_epoch(epoch)
 
     def close(self) -> None:
         """Release what the dataset holds open (HDF5 handles, memory maps)."""
-        for part in _parts(self.dataset):
+        for part in self._parts():
             close = getattr(part, "close", None)
             if close is not None:
                 close()
+
+    def label_rate(self) -> np.ndarray:
+        """(C,) fraction of the clips that carry each class (the training set's label frequencies)."""
+        counts = sum(part.positives() for part in self._parts())
+        return counts / max(1, len(self.dataset))
 
 
 def _is_audioset_csv(path: Path) -> bool:
@@ -140,8 +157,15 @@ def _is_audioset_csv(path: Path) -> bool:
     return False
 
 
-def open_clip_source(path: Path, audio_dir: Optional[str] = None, vocabulary: Optional[LabelVocabulary] = None):
-    """An AudioSet segment CSV (+ ``audio_dir``), a ``path,labels`` CSV or a PANNs HDF5 file -> its ClipSource."""
+def is_custom_csv(spec: str) -> bool:
+    """A ``path,labels`` CSV (not an AudioSet segment CSV, a store or an HDF5 pack)."""
+    path = Path(spec)
+    return path.suffix.lower() == ".csv" and path.is_file() and not _is_audioset_csv(path)
+
+
+def open_clip_source(path: Path, audio_dir: Optional[str] = None, vocabulary: Optional[LabelVocabulary] = None, strict: bool = False):
+    """An AudioSet segment CSV (+ ``audio_dir``), a ``path,labels`` CSV or a PANNs HDF5 file -> its ClipSource
+    (``strict``: a custom CSV label outside ``vocabulary`` is an error)."""
     from pipelines.sources import AudioSetSource, CustomCsvSource, PannsHdf5Source
 
     suffix = path.suffix.lower()
@@ -153,7 +177,7 @@ def open_clip_source(path: Path, audio_dir: Optional[str] = None, vocabulary: Op
         if not audio_dir:
             raise DataError(f"{path} is an AudioSet segment CSV: give the audio folder too (--audio-dir / audio_dir=)")
         return AudioSetSource(path, audio_dir=audio_dir, vocabulary=vocabulary)
-    return CustomCsvSource(path, audio_dir=audio_dir or None, vocabulary=vocabulary)
+    return CustomCsvSource(path, audio_dir=audio_dir or None, vocabulary=vocabulary, strict=strict)
 
 
 def _open_store(path: Path, long_clips: str, seed: int, salt: int) -> DataSpec:
@@ -172,16 +196,18 @@ def _open_store(path: Path, long_clips: str, seed: int, salt: int) -> DataSpec:
     elif long_clips != "first":
         notes.append(f"{path} holds clips cut to {lay.frontend.clip_seconds:g} s (built without --max-seconds): long_clips={long_clips} has nothing to do there")
     description = {"kind": "feature_store", "store_kind": store.kind, "path": str(path), "long_clips": long_clips if lay.variable else "first"}
-    return DataSpec(items, store.vocabulary, store.frontend, items.windows.item_ids(store.ids), description, list(store.skipped), store.kind, notes)
+    return DataSpec(items, store.vocabulary, store.frontend, items.windows.item_ids(store.ids), description, list(store.skipped), item_kind=store.kind, notes=notes)
 
 
-def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[LogMelConfig] = None, vocabulary: Optional[LabelVocabulary] = None, long_clips: str = "first", seed: int = 0, salt: int = 0) -> DataSpec:
+def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[LogMelConfig] = None, vocabulary: Optional[LabelVocabulary] = None, strict: bool = False, long_clips: str = "first", seed: int = 0, salt: int = 0) -> DataSpec:
     """A store folder, an AudioSet segment CSV (+ ``audio_dir``), a ``path,labels`` CSV
     or PANNs HDF5 file(s) -> a dataset of ``collate_items`` items.
 
     ``frontend``: settings for audio decoded on the fly (default: the paper's).
     ``vocabulary``: the label set CSV and HDF5 labels are read into (default: the
     source's own -- AudioSet's, or a custom CSV's distinct labels); a store keeps its own.
+    ``strict``: a custom CSV label outside ``vocabulary`` is an error instead of being
+    counted in ``unknown_labels`` and ignored.
     ``long_clips`` (first, random_crop, windows): how a store that keeps long clips whole
     (``--max-seconds``) is cut into items, random crops drawn from (``seed``, epoch,
     ``salt``, clip); audio decoded on the fly is always cut to its first clip length.
@@ -195,7 +221,7 @@ def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[Log
         raise DataError(f"{spec}: long_clips={long_clips} reads whole clips from a store; build one with `python -m pipelines.precompute build OUT --max-seconds S ...` (audio decoded on the fly is cut to its first clip length)")
     frontend = frontend or LogMelConfig()
     try:
-        source = open_clip_source(path, audio_dir, vocabulary)
+        source = open_clip_source(path, audio_dir, vocabulary, strict)
     except DataError:
         raise
     except (ValueError, OSError, KeyError) as e:
@@ -210,18 +236,22 @@ def open_data(spec: str, audio_dir: Optional[str] = None, frontend: Optional[Log
         [c.id for c in source.clips],
         {"kind": source.kind, **source.describe()},
         [tuple(m) for m in source.missing],
-        WAVEFORM,
+        dict(getattr(source, "unknown_labels", {})),
+        item_kind=WAVEFORM,
     )
 
 
-def open_training_data(specs: Sequence[str], audio_dir: Optional[str] = None, long_clips: str = "first", seed: int = 0) -> DataSpec:
-    """The training parts joined into one dataset. The first part fixes the vocabulary, the
-    front end and the item kind: CSV and HDF5 parts are read into them, stores must already match."""
-    first = open_data(specs[0], audio_dir, long_clips=long_clips, seed=seed)
-    parts = [first] + [open_data(p, audio_dir, first.frontend, first.vocabulary, long_clips, seed, salt) for salt, p in enumerate(specs[1:], 1)]
-    for p, spec in zip(specs[1:], parts[1:]):
-        if spec.vocabulary != first.vocabulary:
-            raise DataError(f"train: {p} uses another label vocabulary than {specs[0]}")
+def open_training_data(specs: Sequence[str], audio_dir: Optional[str] = None, vocabulary: Optional[LabelVocabulary] = None, frontend: Optional[LogMelConfig] = None, strict: bool = False, long_clips: str = "first", seed: int = 0) -> DataSpec:
+    """The training parts joined into one dataset. ``vocabulary`` (else the first part's) and
+    the first part's front end (``frontend`` for audio decoded on the fly) and item kind hold
+    for all: CSV and HDF5 parts are read into them, stores must already match. ``long_clips``
+    and ``seed``: how stores that keep long clips whole are cut into items (part k's random
+    crops drawn with salt k)."""
+    first = open_data(specs[0], audio_dir, frontend, vocabulary, strict, long_clips, seed, 0)
+    parts = [first] + [open_data(p, audio_dir, first.frontend, first.vocabulary, strict, long_clips, seed, salt) for salt, p in enumerate(specs[1:], 1)]
+    for p, spec in zip(specs, parts):
+        if spec.vocabulary != (vocabulary or first.vocabulary):
+            raise DataError(f"train: {p} uses another label vocabulary than {'the run' if vocabulary else specs[0]} ({len(spec.vocabulary)} vs {len(vocabulary or first.vocabulary)} classes)")
         if spec.frontend != first.frontend:
             raise DataError(f"train: {p} was computed with other front-end settings than {specs[0]}")
         if spec.item_kind != first.item_kind:
@@ -235,6 +265,7 @@ def open_training_data(specs: Sequence[str], audio_dir: Optional[str] = None, lo
         [i for p in parts for i in p.ids],
         {"kind": "concat", "parts": [p.description for p in parts]},
         [m for p in parts for m in p.missing],
-        first.item_kind,
-        [n for p in parts for n in p.notes],
+        {k: v for p in parts for k, v in p.unknown_labels.items()},
+        item_kind=first.item_kind,
+        notes=[n for p in parts for n in p.notes],
     )

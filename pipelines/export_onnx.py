@@ -28,7 +28,7 @@ speed them up, so there are no single-GPU or torchrun forms. The file itself
 runs anywhere onnxruntime does (``CUDAExecutionProvider`` with
 onnxruntime-gpu). Needs the ``onnx`` extra: ``pip install 'audio_dcls[onnx]'``.
 
-    python -m pipelines.export_onnx runs/release/convnext_atto_dcls_audio-mini --out model.onnx
+    python -m pipelines.export_onnx runs/release/convnext_atto_dcls_audio-mini-seed0 --out model.onnx
     python -m pipelines.export_onnx RELEASE --out tagger.onnx --with-frontend
     python -m pipelines.export_onnx RELEASE --out tagger.onnx --with-frontend --opset 20
 

@@ -685,6 +685,18 @@ class FeatureStore(_Dataset):
         parts = [np.diff(self._bounds(k)) for k in range(len(self._shards))]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
+    def positives(self, weights: Optional[np.ndarray] = None) -> np.ndarray:
+        """(C,) clips per class, summed shard by shard (never all labels in memory at once);
+        ``weights``: (N,) how many times each clip counts (e.g. its windows) instead of once."""
+        counts = np.zeros(len(self.vocabulary), dtype=np.int64)
+        for k, s in enumerate(self._shards):
+            t = np.load(self.folder / SHARD_DIR / s["targets"]["file"], mmap_mode="r")
+            if weights is None:
+                counts += t.sum(axis=0, dtype=np.int64)
+            else:
+                counts += np.asarray(weights[self._offsets[k] : self._offsets[k + 1]], np.int64) @ t.astype(np.int64)
+        return counts
+
     def close(self) -> None:
         """Drop the memory maps (and the file descriptors they hold); they reopen when read."""
         self._maps = OrderedDict()

@@ -55,6 +55,13 @@ class ClipWindows:
         self.set_epoch(0)
 
     @property
+    def items_per_clip(self) -> np.ndarray:
+        """(N,) items each clip gives: its windows (``windows``), else 1."""
+        if self.mode != "windows":
+            return np.ones(len(self.lengths), dtype=np.int64)
+        return np.bincount(self._clip, minlength=len(self.lengths))
+
+    @property
     def num_long(self) -> int:
         """Clips longer than one window."""
         return int((self.lengths > self.window).sum())

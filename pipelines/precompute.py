@@ -17,10 +17,19 @@ PANNs HDF5 packs, or your own folder + ``path,labels`` CSV::
     python -m pipelines.precompute build data/stores/bal --hdf5 packs/balanced_train.h5
     python -m pipelines.precompute build data/stores/mine --custom-csv my_sounds/train.csv
 
+Train and eval CSVs against one vocabulary (the sorted union of their labels) in one
+call -- OUT is then a folder holding one store per CSV, named by the CSV (here
+data/stores/mine/train and data/stores/mine/eval) -- or later splits against the
+vocabulary of an earlier store, or an explicit label file::
+
+    python -m pipelines.precompute build data/stores/mine --custom-csv my_sounds/train.csv --custom-csv my_sounds/eval.csv
+    python -m pipelines.precompute build data/stores/mine_test --custom-csv my_sounds/test.csv --labels-from data/stores/mine/train
+    python -m pipelines.precompute build data/stores/mine --custom-csv my_sounds/train.csv --labels my_labels.txt
+
 Waveform stores (the paper recipes), and clips kept whole up to 60 s instead of cut to
 their first 10 s (training then reads them with ``long_clips=first|random_crop|windows``)::
 
-    python -m pipelines.precompute build data/stores/audioset_waveform/eval --kind waveform \
+    python -m pipelines.precompute build data/stores/audioset_waveform/eval --kind waveform \\
         --audioset-csv ../shared/audioset/eval_segments.csv --audio-dir /data/audioset/eval
     python -m pipelines.precompute build data/stores/mine_long --custom-csv my_sounds/train.csv --max-seconds 60
 
@@ -71,6 +80,7 @@ from pipelines.feature_store import (
     write_shard,
 )
 from pipelines.sources import AudioSetSource, Clip, ClipSource, CustomCsvSource, PannsHdf5Source
+from pipelines.vocabulary import choose_vocabulary, store_vocabulary
 
 log = logging.getLogger("pipelines.precompute")
 
@@ -397,12 +407,15 @@ def _clear_store(out: Path) -> None:
 # ----------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------
-def open_source(args: argparse.Namespace) -> ClipSource:
+def open_sources(args: argparse.Namespace) -> list[tuple[Path, ClipSource]]:
+    """(store folder, source) for each store the command builds: one, or one per --custom-csv."""
     given = [x for x in ("audioset_csv", "hdf5", "custom_csv") if getattr(args, x)]
     if len(given) != 1:
         raise ValueError("give exactly one source: --audioset-csv (with --audio-dir or --manifest), --hdf5 or --custom-csv")
-    if args.labels and not args.custom_csv:
-        raise ValueError("--labels goes with --custom-csv (AudioSet and PANNs packs use the 527 AudioSet classes)")
+    if (args.labels or args.labels_from or args.strict) and not args.custom_csv:
+        raise ValueError("--labels, --labels-from and --strict go with --custom-csv (AudioSet and PANNs packs use the 527 AudioSet classes)")
+    if args.labels and args.labels_from:
+        raise ValueError("give --labels or --labels-from, not both")
     if args.manifest and not args.audioset_csv:
         raise ValueError("--manifest goes with --audioset-csv")
     if args.audio_dir and args.hdf5:
@@ -410,10 +423,29 @@ def open_source(args: argparse.Namespace) -> ClipSource:
     if args.audioset_csv:
         if not args.audio_dir and not args.manifest:
             raise ValueError("--audioset-csv needs --audio-dir or --manifest")
-        return AudioSetSource(args.audioset_csv, audio_dir=args.audio_dir, manifest=args.manifest)
+        return [(args.out, AudioSetSource(args.audioset_csv, audio_dir=args.audio_dir, manifest=args.manifest))]
     if args.hdf5:
-        return PannsHdf5Source(args.hdf5)
-    return CustomCsvSource(args.custom_csv, audio_dir=args.audio_dir, vocabulary=args.labels)
+        return [(args.out, PannsHdf5Source(args.hdf5))]
+    csvs = list(args.custom_csv)
+    if args.labels_from:
+        vocab, origin = store_vocabulary(args.labels_from), f"the store {args.labels_from}"
+    else:
+        choice = choose_vocabulary(csvs, labels_file=args.labels)
+        vocab, origin = choice.vocabulary, choice.source
+    log.info("vocabulary: %d classes from %s", len(vocab), origin)
+    if len(csvs) == 1:
+        outs = [args.out]
+    else:
+        stems = [Path(c).stem for c in csvs]
+        if len(set(stems)) != len(stems):
+            raise ValueError(f"with several --custom-csv each store is named by its CSV, and these share a name: {', '.join(map(str, csvs))}")
+        outs = [args.out / stem for stem in stems]
+    sources = []
+    for out, csv_path in zip(outs, csvs):
+        src = CustomCsvSource(csv_path, audio_dir=args.audio_dir, vocabulary=vocab, strict=args.strict)
+        src.notes.insert(0, f"vocabulary: {len(vocab)} classes from {origin}")
+        sources.append((out, src))
+    return sources
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -426,10 +458,12 @@ def _parser() -> argparse.ArgumentParser:
     src = b.add_argument_group("source (exactly one)")
     src.add_argument("--audioset-csv", type=Path, help="official AudioSet segment CSV")
     src.add_argument("--hdf5", type=Path, nargs="+", help="PANNs-style HDF5 pack(s)")
-    src.add_argument("--custom-csv", type=Path, help="CSV with path,labels (labels separated by ';')")
+    src.add_argument("--custom-csv", type=Path, action="append", help="CSV with path,labels (labels separated by ';'); repeat it to build several stores (OUT/<csv name>) against one vocabulary")
     src.add_argument("--audio-dir", type=Path, help="audio folder (AudioSet: Y{YTID}.ext etc.; custom: base of relative paths)")
     src.add_argument("--manifest", type=Path, help="AudioSet only: CSV ytid,path instead of scanning --audio-dir")
-    src.add_argument("--labels", type=Path, help="custom only: vocabulary CSV index,mid,display_name (default: labels.csv next to the CSV)")
+    src.add_argument("--labels", type=Path, help="custom only: the vocabulary, an index,mid,display_name CSV or one label per line (default: the sorted union of the labels of every --custom-csv)")
+    src.add_argument("--labels-from", type=Path, metavar="STORE", help="custom only: the vocabulary of an earlier store (e.g. its train split)")
+    src.add_argument("--strict", action="store_true", help="custom only: a label outside the vocabulary is an error (default: counted, listed, and the clip keeps its other labels)")
     b.add_argument("--workers", type=int, default=_default_workers(), help="processes (default: all cores available, %(default)s here)")
     b.add_argument("--shard", default="0/1", metavar="i/N", help="build only part i of N (for N machines); join with merge")
     b.add_argument("--shard-size", type=int, default=None, help="clips per shard file (default: 16-512, about 64 shards)")
@@ -458,17 +492,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             part = parse_part(args.shard)
             if args.max_seconds is not None and args.max_seconds < args.clip_seconds:
                 raise ValueError(f"--max-seconds {args.max_seconds:g} is shorter than --clip-seconds {args.clip_seconds:g}")
-            source = open_source(args)
-            if len(source) == 0:
-                raise ValueError(f"the source has no usable clips ({len(source.missing)} listed clips are missing)")
             frontend = LogMelConfig(clip_seconds=args.clip_seconds)
-            log.info("%d clips to ingest, %d missing from the source", len(source), len(source.missing))
-            report = build_feature_store(
-                source, args.out, frontend=frontend, workers=args.workers, part=part,
-                shard_size=args.shard_size, overwrite=args.overwrite, progress=False if args.no_progress else None,
-                kind=args.kind, max_seconds=args.max_seconds,
-            )
-            print(report.summary())
+            for out, source in open_sources(args):
+                if len(source) == 0:
+                    raise ValueError(f"the source has no usable clips ({len(source.missing)} listed clips are missing)")
+                log.info("%s: %d clips to ingest, %d missing from the source", out, len(source), len(source.missing))
+                report = build_feature_store(
+                    source, out, frontend=frontend, workers=args.workers, part=part,
+                    shard_size=args.shard_size, overwrite=args.overwrite, progress=False if args.no_progress else None,
+                    kind=args.kind, max_seconds=args.max_seconds,
+                )
+                print(report.summary())
             return 0
         if args.command == "merge":
             manifest = merge_parts(args.out, args.parts, copy=args.copy)

@@ -109,6 +109,7 @@ def train_step(state: RunState, micro_batches: Sequence[MicroBatch]) -> StepResu
     if len(micro_batches) != r.accum:
         raise ValueError(f"train_step: {len(micro_batches)} micro-batches given, the recipe accumulates {r.accum}")
     lr = state.schedule.step_update(state.global_step)
+    state.frozen.set_eval()  # frozen parts never train: no dropout, no drop path, BatchNorm statistics fixed
     step_loss = torch.zeros((), dtype=torch.float64, device=state.device)
     clips = 0
     for a, mb in enumerate(micro_batches):

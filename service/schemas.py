@@ -83,7 +83,7 @@ class Readiness(_Body):
 # --- models and labels --------------------------------------------------------------------------
 class Label(_Body):
     index: int = Field(description="position in every score vector", examples=[0])
-    mid: str = Field(description="AudioSet ontology id", examples=["/m/09x0r"])
+    mid: str = Field(description="AudioSet ontology id; empty for a class of a custom vocabulary that is not an AudioSet class", examples=["/m/09x0r"])
     name: str = Field(description="display name", examples=["Speech"])
 
 

@@ -74,7 +74,7 @@ def test_scoring_a_waveform_store_runs_the_front_end(tmp_path, one_thread):
     data = open_data(str(folder))
     torch.manual_seed(0)
     model = build_model("convnext_atto_dcls_audio", {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}, 4).eval()
-    result = score(model, data.vocabulary.mids, FE, data, ScoringOptions(batch_size=5))
+    result = score(model, data.vocabulary, FE, data, ScoringOptions(batch_size=5))
     store = FeatureStore(folder)
     wave = torch.from_numpy(np.stack([store.read(i) for i in range(12)]))
     with torch.no_grad():

@@ -236,7 +236,8 @@ def test_custom_csv_to_store_keeps_its_vocabulary(tmp_path):
     (tmp_path / "train.csv").write_text("path,labels\na.wav,knock\nb.wav,knock;squeak\n")
     assert main(["build", str(tmp_path / "s"), "--custom-csv", str(tmp_path / "train.csv"), "--clip-seconds", "1", "--workers", "1", "--no-progress"]) == 0
     ds = FeatureStore(tmp_path / "s")
-    assert ds.vocabulary == LabelVocabulary(["knock", "squeak"]) == LabelVocabulary.from_csv(tmp_path / "s" / "labels.csv")
+    # AudioSet names get their MID (Knock /m/07r4wb8, Squeak /m/07q6cd_)
+    assert ds.vocabulary == LabelVocabulary(["/m/07r4wb8", "/m/07q6cd_"], ["Knock", "Squeak"]) == LabelVocabulary.from_csv(tmp_path / "s" / "labels.csv")
     assert ds.ids == ["a.wav", "b.wav"] and ds.labels.tolist() == [[1, 0], [1, 1]]
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["source"]["kind"] == "custom_csv"
 

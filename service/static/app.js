@@ -119,7 +119,7 @@
     const name = document.createElement("span");
     name.className = "tag-name";
     name.textContent = tag.name;
-    name.title = tag.name + " " + tag.mid;
+    name.title = tag.mid ? tag.name + " " + tag.mid : tag.name;
     const track = document.createElement("div");
     track.className = "bar-track";
     const bar = document.createElement("div");
