@@ -37,6 +37,7 @@ ARCH = "convnext_atto_dcls_audio"
 TINY = [
     f"model={ARCH}", "model_args={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}", "layer_scale_init=1.0", "drop_path=0.1",
     "workers=0", "warmup_epochs=0.5", "lr=2e-3", "batch_size=8", "channels_last=false", "threads=1", "log_every=1",
+    "augment=none",  # log-mel stores (the paper's augment=dcls_audio needs waveform stores)
 ]
 # The parent's classes: two of the run's five (/t/tiny1, /t/tiny3 of tiny_store's vocabulary), one not.
 PARENT_LABELS = [("/t/tiny3", "tiny class 3"), ("/t/other", "another sound"), ("/t/tiny1", "tiny class 1")]

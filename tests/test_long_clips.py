@@ -91,6 +91,9 @@ def test_store_items_cut_long_clips_as_asked(tmp_path):
         np.testing.assert_array_equal(x.numpy(), clips[c][s : s + CLIP])
         assert idx == i and not skip and torch.equal(y, win.dataset.store[c][1])
     assert "long_clips=windows: every 1.27 s window is an item: 15 items from 8 clips" in win.notes[0]
+    labels = FeatureStore(folder).labels.astype(np.int64)
+    assert win.dataset.positives().tolist() == sum(labels[c] for c, _ in expected).tolist()  # a class counts once per window
+    assert np.allclose(win.label_rate(), sum(labels[c] for c, _ in expected) / 15)
     crop = open_data(str(folder), long_clips="random_crop", seed=5)
     starts = []
     for epoch in (0, 1):
