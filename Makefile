@@ -32,6 +32,7 @@ bench: $(TEST_STAMP)
 	$(PY) benchmarks/bench_dcls.py
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_precompute.py
+	$(PY) benchmarks/bench_datapath.py
 	$(PY) benchmarks/bench_service.py
 	$(PY) benchmarks/soak_service.py --seconds 60
 
@@ -45,7 +46,15 @@ serve: $(RUN_STAMP)
 # runs torchrun) -> evaluate. Without: the embedded mini-AudioSet on this CPU.
 # Extra config overrides: ARGS="seed=1 epochs=30".
 train-audioset: $(RUN_STAMP)
-	AUDIOSET_ROOT="$(AUDIOSET_ROOT)" CONFIG="$(CONFIG)" NPROC="$(NPROC)" $(PY) -m pipelines.train_audioset $(ARGS)
+	AUDIOSET_ROOT="$(AUDIOSET_ROOT)" CONFIG="$(CONFIG)" NPROC="$(NPROC)" INIT_FROM="$(INIT_FROM)" $(PY) -m pipelines.train_audioset $(ARGS)
+
+# Fine-tune a release onto your own sounds (path,labels CSVs; paths relative to each CSV's folder
+# unless AUDIO_DIR): stores -> training (configs/finetune_cpu.yaml) -> evaluation -> release NAME
+# -> REPORT.md. INIT_FROM defaults to the embedded default's release when it exists
+# (INIT_FROM=none: from scratch). Extra config overrides: ARGS="epochs=20 freeze=stages:2".
+.PHONY: finetune
+finetune: $(RUN_STAMP)
+	TRAIN_CSV="$(TRAIN_CSV)" EVAL_CSV="$(EVAL_CSV)" AUDIO_DIR="$(AUDIO_DIR)" INIT_FROM="$(INIT_FROM)" NAME="$(NAME)" $(PY) -m pipelines.finetune $(ARGS)
 
 # Table 1 of the paper (markdown) from the finished run folders under PAPER_RUNS.
 PAPER_RUNS ?= runs

@@ -31,7 +31,6 @@ over a length limit (413).
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import warnings
@@ -630,37 +629,3 @@ def pad_or_trim(x, n: int):
     import torch.nn.functional as F
 
     return F.pad(x, (0, n - length))
-
-
-def num_windows(length: int, window: int, hop: int) -> int:
-    """How many windows :func:`windows` cuts from ``length`` samples."""
-    if window <= 0 or hop <= 0:
-        raise ValueError(f"window and hop must be positive, got {window} and {hop}")
-    if length <= window:
-        return 1
-    return 1 + math.ceil((length - window) / hop)
-
-
-def windows(x, window_s: float, hop_s: float, sr: int = 32000):
-    """Cut long audio (last axis) into fixed windows for clip-level models.
-
-    Returns (frames, starts): frames (W, ..., window) -- numpy or torch like ``x``;
-    starts (W,) float64 numpy of window start times in seconds. The last window is
-    zero-padded; audio shorter than one window gives one padded window.
-    """
-    window = int(round(window_s * sr))
-    hop = int(round(hop_s * sr))
-    if window <= 0 or hop <= 0:
-        raise ValueError(f"window_s and hop_s must give at least one sample at {sr} Hz")
-    length = x.shape[-1]
-    count = num_windows(length, window, hop)
-    total = (count - 1) * hop + window
-    padded = pad_or_trim(x, total)
-    starts = np.arange(count) * hop
-    if isinstance(x, np.ndarray):
-        frames = np.stack([padded[..., s : s + window] for s in starts])
-    else:
-        import torch
-
-        frames = torch.stack([padded[..., s : s + window] for s in starts])
-    return frames, starts / float(sr)

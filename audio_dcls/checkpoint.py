@@ -4,7 +4,8 @@ A release folder holds exactly three files, none of them pickled:
 
     model.safetensors   the weights (shared DCLS positions stored once)
     config.yaml         architecture name and arguments, front-end settings,
-                        label vocabulary source, training summary and metrics
+                        label vocabulary source, training summary and metrics,
+                        and, for weights made elsewhere, their ``source:`` record
     labels.csv          index,mid,display_name — row i is output i
 
 Folders are written to a temporary sibling, every file and the folder fsynced,
@@ -52,6 +53,7 @@ class Release:
     labels: List[Tuple[str, str]]  # (mid, display name) per output index
     label_source: str  # where the vocabulary came from (e.g. 'audioset-527')
     training: Dict = field(default_factory=dict)  # summary written by the trainer (epochs, mAP, ...)
+    source: Dict = field(default_factory=dict)  # where weights made elsewhere come from (file, URL, SHA-256, ...); {} if trained here
     path: Optional[Path] = None
 
     @property
@@ -68,8 +70,14 @@ def save_release(
     labels: Sequence[Tuple[str, str]],
     label_source: str,
     training: Optional[Dict] = None,
+    source: Optional[Dict] = None,
 ) -> Path:
-    """Write a release folder atomically; replaces an existing one."""
+    """Write a release folder atomically; replaces an existing one.
+
+    ``source``: provenance of weights not trained here (``pipelines.import_checkpoint``
+    records the file, URL, SHA-256 and the paper's mAP), written as a top-level
+    ``source:`` mapping of config.yaml.
+    """
     folder = Path(folder)
     if not RELEASE_NAME.match(folder.name):
         raise ReleaseError(f"release folder name {folder.name!r} must match {RELEASE_NAME.pattern}")
@@ -89,6 +97,8 @@ def save_release(
         "labels": {"source": label_source, "file": LABELS_FILE, "count": len(labels)},
         "training": dict(training or {}),
     }
+    if source is not None:
+        config["source"] = dict(source)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -148,6 +158,15 @@ def read_release_config(folder: Union[str, Path]) -> Dict:
     return config
 
 
+def _source_record(folder: Path, config: Dict) -> Dict:
+    source = config.get("source")
+    if source is None:
+        return {}
+    if not isinstance(source, dict):
+        raise ReleaseError(f"{folder / CONFIG_FILE}: 'source' must be a mapping, got {type(source).__name__}")
+    return source
+
+
 def load_release(folder: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Release:
     """Build the model named in ``config.yaml`` and load its safetensors weights."""
     folder = Path(folder)
@@ -160,7 +179,8 @@ def load_release(folder: Union[str, Path], device: Union[str, torch.device] = "c
     try:
         model = build_model(config["arch"], model_args, len(labels))
     except Exception as e:  # unknown architecture or bad arguments
-        raise ReleaseError(f"{folder}: cannot build {config['arch']!r}: {e}") from None
+        # e.g. a FileNotFoundError whose str() is empty: a model_args.checkpoint_path that moved
+        raise ReleaseError(f"{folder}: cannot build {config['arch']!r}: {' '.join(str(e).split()) or type(e).__name__}") from None
     try:
         missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False, device=str(device))
     except Exception as e:
@@ -177,5 +197,6 @@ def load_release(folder: Union[str, Path], device: Union[str, torch.device] = "c
         labels=labels,
         label_source=config["labels"]["source"],
         training=config.get("training") or {},
+        source=_source_record(folder, config),
         path=folder,
     )

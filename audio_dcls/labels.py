@@ -1,10 +1,17 @@
 """Label vocabularies: the 527 AudioSet classes, their ontology, and custom label sets.
 
-A :class:`LabelVocabulary` is an ordered list of classes, each with an id (the
-AudioSet MID such as ``/m/09x0r``, or for a custom dataset the label string itself)
-and a display name. Model output ``i`` means row ``i``. It reads and writes the
+A :class:`LabelVocabulary` is an ordered list of classes, each with a MID (the
+AudioSet ontology id such as ``/m/09x0r``; empty for a class that is not an AudioSet
+class) and a display name. Model output ``i`` means row ``i``. It reads and writes the
 ``index,mid,display_name`` CSV that AudioSet ships as ``class_labels_indices.csv``;
 feature stores, checkpoints and release folders carry one as ``labels.csv``.
+
+A label written by a user is recognised as an AudioSet class by its MID or its
+display name -- exactly, then ignoring case, spaces and underscores -- with the
+names of the whole ontology (:func:`resolve_audioset_label`), so ``"Acoustic
+guitar"``, ``"acoustic_guitar"`` and ``"/m/042v_gx"`` are one class. Two
+vocabularies meet class by class (:meth:`LabelVocabulary.match`): by MID where both
+have one, else by display name.
 
 The AudioSet vocabulary is the shipped copy of ``class_labels_indices.csv`` (md5
 68c0b5c199d6cc789852b144cc3ab500, the file every AudioSet tagger uses);
@@ -18,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,14 +39,28 @@ AUDIOSET_ONTOLOGY_JSON = DATA_DIR / "ontology.json"
 AUDIOSET_NUM_CLASSES = 527
 AUDIOSET_LABEL_SET = f"audioset-{AUDIOSET_NUM_CLASSES}"  # the label-set name releases and model cfgs carry
 LABELS_CSV_HEADER = ("index", "mid", "display_name")
+_LOOSE = re.compile(r"[\s_]+")
+
+
+def normalize_label(text: str) -> str:
+    """The form labels are compared in when exact spelling fails: case, spaces and underscores ignored."""
+    return _LOOSE.sub("", str(text).casefold())
+
+
+def _is_mid(text: str) -> bool:
+    """AudioSet/Freebase ids look like '/m/09x0r', '/t/dd00001' or '/g/122z_qxw'."""
+    return text.startswith("/")
 
 
 class LabelVocabulary:
-    """An ordered, immutable set of classes: index <-> id (MID) <-> display name.
+    """An ordered, immutable set of classes: index <-> MID <-> display name.
 
-    ``LabelVocabulary(["dog", "cat"])`` makes a custom vocabulary whose ids are its
-    names. Lookups by id or by display name are both supported; ids win when a
-    string is both.
+    ``LabelVocabulary(mids, display_names)``; a class that is not an AudioSet class has
+    an empty MID and is known by its display name. ``LabelVocabulary(["dog", "cat"])``
+    (names only) makes such a custom vocabulary: a "MID" that is not an ontology id
+    (does not start with '/') and equals its display name is a label, not a MID, and is
+    kept empty. Lookups take a MID or a display name, exactly or ignoring case and
+    spacing (:func:`normalize_label`) when that is unambiguous.
     """
 
     def __init__(self, mids: Sequence[str], display_names: Sequence[str] | None = None):
@@ -48,21 +70,27 @@ class LabelVocabulary:
             raise ValueError(f"{len(mids)} label ids but {len(names)} display names")
         if not mids:
             raise ValueError("a label vocabulary needs at least one class")
-        for m in mids:
-            if not m.strip() or m != m.strip():
-                raise ValueError(f"invalid label id {m!r}: empty or surrounded by spaces")
+        mids = ["" if (m == n and not _is_mid(m)) else m for m, n in zip(mids, names)]
+        for m, n in zip(mids, names):
+            if m != m.strip():
+                raise ValueError(f"invalid label id {m!r}: surrounded by spaces")
+            if not n.strip() and not m:
+                raise ValueError("a class needs a MID or a display name (found a row with neither)")
         seen: dict[str, int] = {}
-        for i, m in enumerate(mids):
-            if m in seen:
-                raise ValueError(f"label id {m!r} appears twice (rows {seen[m]} and {i})")
-            seen[m] = i
+        for i, key in enumerate(m or n for m, n in zip(mids, names)):
+            if key in seen:
+                raise ValueError(f"label id {key!r} appears twice (rows {seen[key]} and {i})")
+            seen[key] = i
         self._mids = tuple(mids)
         self._names = tuple(names)
-        self._by_mid = seen
+        self._by_mid = {m: i for i, m in enumerate(mids) if m}
         by_name: dict[str, int] = {}
+        loose: dict[str, list[int]] = {}
         for i, n in enumerate(names):
             by_name.setdefault(n, i)
+            loose.setdefault(normalize_label(n), []).append(i)
         self._by_name = by_name
+        self._by_loose = {k: v[0] for k, v in loose.items() if len(v) == 1}
 
     # --- basic access -------------------------------------------------------------
     @property
@@ -84,7 +112,12 @@ class LabelVocabulary:
         return iter(self._mids)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._by_mid or key in self._by_name
+        return isinstance(key, str) and self.find(key) is not None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """What identifies each class: its MID, or its display name when it has none."""
+        return tuple(m or n for m, n in zip(self._mids, self._names))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LabelVocabulary) and self._mids == other._mids and self._names == other._names
@@ -96,13 +129,36 @@ class LabelVocabulary:
         head = ", ".join(self._names[:3])
         return f"LabelVocabulary({len(self)} classes: {head}{', ...' if len(self) > 3 else ''})"
 
+    def find(self, key: str) -> int | None:
+        """Row of a class given its MID or display name (exact first, then ignoring case and
+        spacing; an AudioSet label also by the ontology's MID for it), or None."""
+        key = str(key).strip()
+        for table, k in ((self._by_mid, key), (self._by_name, key), (self._by_loose, normalize_label(key))):
+            if k in table:
+                return table[k]
+        resolved = resolve_audioset_label(key) if self._by_mid else None
+        if resolved is not None:
+            return self._by_mid.get(resolved[0])
+        return None
+
     def index(self, key: str) -> int:
-        """Row of a class given its id (MID) or display name; KeyError if unknown."""
-        if key in self._by_mid:
-            return self._by_mid[key]
-        if key in self._by_name:
-            return self._by_name[key]
-        raise KeyError(f"unknown label {key!r} (not an id or display name of this {len(self)}-class vocabulary)")
+        """Row of a class given its MID or display name; KeyError if unknown."""
+        i = self.find(key)
+        if i is None:
+            raise KeyError(f"unknown label {key!r} (not a MID or display name of this {len(self)}-class vocabulary)")
+        return i
+
+    def match(self, other: "LabelVocabulary") -> list[int | None]:
+        """For each class of ``other``, its row in this vocabulary (None where there is none):
+        by MID where both classes have one, else by display name (ignoring case and spacing)."""
+        out: list[int | None] = []
+        for m, n in zip(other.mids, other.display_names):
+            if m and m in self._by_mid:
+                out.append(self._by_mid[m])
+                continue
+            i = self._by_name.get(n, self._by_loose.get(normalize_label(n)))
+            out.append(i if i is not None and not (m and self._mids[i]) else None)
+        return out
 
     def mid(self, index: int) -> str:
         return self._mids[index]
@@ -123,11 +179,12 @@ class LabelVocabulary:
         return y
 
     def decode(self, target, threshold: float = 0.5) -> list[str]:
-        """(C,) scores/multi-hot -> ids of the classes at or above ``threshold``."""
+        """(C,) scores/multi-hot -> keys (MID, else display name) of the classes at or above ``threshold``."""
         t = np.asarray(target).reshape(-1)
         if t.shape[0] != len(self):
             raise ValueError(f"expected {len(self)} values, got {t.shape[0]}")
-        return [self._mids[i] for i in np.flatnonzero(t >= threshold)]
+        keys = self.keys
+        return [keys[i] for i in np.flatnonzero(t >= threshold)]
 
     # --- persistence --------------------------------------------------------------
     def to_csv_text(self) -> str:
@@ -141,7 +198,8 @@ class LabelVocabulary:
             buf.truncate()
             w.writerow([m])
             quoted_name = '"' + n.replace('"', '""') + '"'
-            lines.append(f"{i},{buf.getvalue().rstrip(chr(10))},{quoted_name}")
+            mid_field = buf.getvalue().rstrip(chr(10)) if m else ""  # csv quotes a lone empty field
+            lines.append(f"{i},{mid_field},{quoted_name}")
         return "\n".join(lines) + "\n"
 
     def to_csv(self, path: str | os.PathLike) -> Path:
@@ -158,6 +216,33 @@ class LabelVocabulary:
         except FileNotFoundError:
             raise FileNotFoundError(f"label file not found: {path}") from None
         return cls.from_csv_text(text, source=str(path))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "LabelVocabulary":
+        """A vocabulary file a user gives: the ``index,mid,display_name`` CSV (by its header), or
+        one label per line (MIDs or names, in the file's order; AudioSet classes get their MID)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"label file not found: {path}") from None
+        except IsADirectoryError:
+            raise ValueError(f"{path} is a folder, not a label file") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"{path}: empty label file")
+        header = tuple(c.strip().lower() for c in lines[0].split(","))
+        if header == LABELS_CSV_HEADER:
+            return cls.from_csv_text(text, source=str(path))
+        if header == ("path", "labels"):
+            raise ValueError(f"{path} is a dataset CSV (path,labels), not a label file (index,mid,display_name, or one label per line)")
+        if len(set(lines)) != len(lines):
+            twice = next(x for x in lines if lines.count(x) > 1)
+            raise ValueError(f"{path}: label {twice!r} is listed twice")
+        try:
+            return cls.from_labels(lines, sort=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def from_csv_text(cls, text: str, source: str = "labels csv") -> "LabelVocabulary":
@@ -206,10 +291,22 @@ class LabelVocabulary:
         return AUDIOSET_LABEL_SET if self.is_audioset else f"custom-{len(self)}:{self.fingerprint()[:12]}"
 
     @classmethod
-    def from_labels(cls, labels: Iterable[str]) -> "LabelVocabulary":
-        """A custom vocabulary of the distinct labels, sorted (stable across runs)."""
-        distinct = sorted({lab.strip() for lab in labels if lab.strip()})
-        return cls(distinct)
+    def from_labels(cls, labels: Iterable[str], sort: bool = True) -> "LabelVocabulary":
+        """The vocabulary of the distinct labels a dataset uses. AudioSet classes (by MID or
+        name, see :func:`resolve_audioset_label`) get their MID and official name; others keep
+        the label as their name and an empty MID. Sorted by display name (stable across runs)
+        unless ``sort=False`` (the order of first appearance, e.g. a label file's)."""
+        classes: dict[str, tuple[str, str]] = {}
+        for lab in labels:
+            lab = str(lab).strip()
+            if not lab:
+                continue
+            mid, name = resolve_audioset_label(lab) or ("", lab)
+            classes.setdefault(mid or name, (mid, name))
+        rows = sorted(classes.values(), key=lambda mn: (mn[1], mn[0])) if sort else list(classes.values())
+        if not rows:
+            raise ValueError("no labels to build a vocabulary from")
+        return cls([m for m, _ in rows], [n for _, n in rows])
 
 
 @functools.lru_cache(maxsize=1)
@@ -271,3 +368,22 @@ class AudioSetOntology:
 @functools.lru_cache(maxsize=1)
 def audioset_ontology() -> AudioSetOntology:
     return AudioSetOntology()
+
+
+@functools.lru_cache(maxsize=1)
+def _audioset_label_index() -> tuple[dict, dict, dict]:
+    """(MID -> name, exact name -> MID, loose name -> MID) over every ontology node."""
+    nodes = audioset_ontology().nodes
+    by_mid = {mid: n["name"] for mid, n in nodes.items()}
+    by_name = {n["name"]: mid for mid, n in nodes.items()}
+    by_loose = {normalize_label(n["name"]): mid for mid, n in nodes.items()}
+    return by_mid, by_name, by_loose
+
+
+def resolve_audioset_label(label: str) -> tuple[str, str] | None:
+    """(MID, official display name) of an AudioSet ontology class given as its MID or its name
+    (exactly, then ignoring case, spaces and underscores); None for any other label."""
+    label = str(label).strip()
+    by_mid, by_name, by_loose = _audioset_label_index()
+    mid = label if label in by_mid else by_name.get(label) or by_loose.get(normalize_label(label))
+    return (mid, by_mid[mid]) if mid else None

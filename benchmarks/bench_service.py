@@ -72,15 +72,13 @@ def worker_batch_gain(models_dir: Path, batch: int, threads: int, device: str, c
     """Best seconds per clip of the worker's computation at batch 1 and at ``batch``."""
     import torch
 
-    from audio_dcls.checkpoint import load_release
-    from audio_dcls.features import LogMel
-    from audio_dcls.models import prepare_for_inference
-    from service.registry import Tagger, find_release_folders
+    from audio_dcls.inference import prepare_release
+    from service.registry import find_release_folders
 
     torch.set_num_threads(threads)
-    release = load_release(find_release_folders(models_dir)[0], device=torch.device(device))
-    tagger = Tagger(LogMel(release.frontend).to(device).eval(), prepare_for_inference(release.model)).eval()
-    samples = int(clip_seconds * release.frontend.sample_rate)
+    prepared = prepare_release(find_release_folders(models_dir)[0], device)  # what the service's registry loads
+    tagger = prepared.model
+    samples = int(clip_seconds * prepared.sample_rate)
     inputs = {b: torch.randn(b, samples, device=device) * 0.1 for b in (1, batch)}
     best = {b: float("inf") for b in inputs}
     with torch.inference_mode():

@@ -14,7 +14,7 @@ HDF5 packs. Outputs, in ``--out``:
 
 CPU::
 
-    python -m pipelines.evaluate runs/release/convnext_atto_dcls_audio-mini \\
+    python -m pipelines.evaluate runs/release/convnext_atto_dcls_audio-mini-seed0 \\
         --store data/stores/embedded_mini_eval --out runs/eval/mini --device cpu
 
 Single GPU (AudioSet eval set, precomputed)::
@@ -25,6 +25,12 @@ Single GPU (AudioSet eval set, precomputed)::
 Audio folder + CSV instead of a store (decoded and turned into log-mels on the fly)::
 
     python -m pipelines.evaluate RELEASE --csv ../shared/audioset/eval_segments.csv --audio-dir /data/audioset/eval --out runs/eval/x
+    python -m pipelines.evaluate RELEASE --csv my_sounds/eval.csv --out runs/eval/mine      # path,labels
+
+A ``path,labels`` CSV is read into the model's own vocabulary (or ``--labels FILE``):
+labels are matched by MID or display name (AudioSet names and MIDs are one class), a
+label the model does not know is reported -- one line per label, with its clip count --
+and its clips are scored on the labels they have (``--strict`` makes it an error).
 
 N GPUs (each process scores a slice; scores are gathered on rank 0, which writes the outputs)::
 
@@ -52,7 +58,8 @@ from torch import nn
 from audio_dcls.features import LogMelConfig
 from audio_dcls.io import atomic_open, atomic_write_json
 from audio_dcls.metrics import TaggingMetrics
-from pipelines.data import DataSpec, open_data
+from audio_dcls.labels import LabelVocabulary
+from pipelines.data import DataSpec, is_custom_csv, open_data
 from pipelines.distributed import dist_info, init_distributed, shutdown_distributed, torchrun_rank
 from pipelines.scoring import ScoringOptions, score
 
@@ -223,7 +230,7 @@ class EvaluationResult:
 
 def evaluate(loaded: LoadedModel, data: DataSpec, out: Optional[Path], options: ScoringOptions = ScoringOptions()) -> EvaluationResult:
     """Score ``data`` with ``loaded`` and (on rank 0) write the report files to ``out``."""
-    result = score(loaded.model, [m for m, _ in loaded.labels], loaded.frontend, data, options)
+    result = score(loaded.model, loaded.labels, loaded.frontend, data, options)
     metrics = result.metrics
     summary = {
         **metrics.summary(),
@@ -234,6 +241,7 @@ def evaluate(loaded: LoadedModel, data: DataSpec, out: Optional[Path], options: 
         "clips_with_warnings": len({i for i, _ in result.warned}),
         "decode_warnings": [list(w) for w in result.warned[:100]],
         "data_classes_not_predicted": len(result.data_classes_not_predicted),
+        "unknown_labels": dict(sorted(data.unknown_labels.items())),
         "device": str(options.device),
         "seconds": round(result.seconds, 2),
         "clips_per_second": round(result.clips_scored / max(result.seconds, 1e-9), 2),
@@ -270,6 +278,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--csv", help="AudioSet segment CSV (with --audio-dir) or path,labels CSV")
     src.add_argument("--hdf5", help="PANNs-style HDF5 pack")
     src.add_argument("--audio-dir", help="audio folder for --csv")
+    p.add_argument("--labels", help="path,labels --csv only: read the labels into this vocabulary (index,mid,display_name CSV or one label per line) instead of the model's")
+    p.add_argument("--strict", action="store_true", help="path,labels --csv only: a label outside the vocabulary is an error (default: reported, and the clip scored on its other labels)")
     p.add_argument("--out", required=True, help="folder for per_class.csv, summary.json and the plots")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -278,6 +288,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = default)")
     return p
+
+
+def open_evaluation_data(spec: str, args: argparse.Namespace, loaded: LoadedModel) -> DataSpec:
+    """The data to score: a path,labels CSV in the model's vocabulary (or --labels), anything else as it is."""
+    custom = bool(args.csv) and is_custom_csv(spec)
+    if (args.labels or args.strict) and not custom:
+        raise EvaluationError("--labels and --strict apply to a path,labels --csv")
+    vocabulary = None
+    if custom:
+        vocabulary = LabelVocabulary.from_file(args.labels) if args.labels else LabelVocabulary([m for m, _ in loaded.labels], [n for _, n in loaded.labels])
+    return open_data(spec, audio_dir=args.audio_dir, frontend=loaded.frontend, vocabulary=vocabulary, strict=args.strict)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -295,11 +316,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             torch.set_num_threads(args.threads)
         device = init_distributed(args.device).device
         loaded = load_model(args.model, device=device, weights=args.weights)
-        data = open_data(given[0], audio_dir=args.audio_dir, frontend=loaded.frontend)
+        data = open_evaluation_data(given[0], args, loaded)
         options = ScoringOptions(args.batch_size, device, args.workers, torch.bfloat16 if args.amp else None)
         result = evaluate(loaded, data, Path(args.out), options)
         if rank == 0:
             s = result.summary
+            for label, clips in s["unknown_labels"].items():
+                print(f"unknown label {label!r} ({clips} clips): not a class of the model; those clips are scored on their other labels")
             print(
                 f"{loaded.arch} on {given[0]}: {result.metrics.describe()}; {s['clips_skipped']} clips skipped, "
                 f"{s['clips_with_warnings']} scored with decode warnings, {s['clips_per_second']} clips/s"
@@ -309,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("evaluate: interrupted", file=sys.stderr)
         return 130
-    except (EvaluationError, ValueError, OSError) as e:
+    except (EvaluationError, ValueError, OSError, KeyError) as e:
         print(f"evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     finally:

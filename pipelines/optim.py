@@ -16,11 +16,23 @@ from pipelines.train_config import TrainConfig
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict]:
-    """dcls_param_groups with every group's base ``lr`` = cfg.lr and its
-    multiplier in ``lr_scale``: the schedule sets lr = schedule(t) · lr_scale."""
+    """dcls_param_groups (frozen parameters left out) with every group's base ``lr`` = cfg.lr and
+    its multiplier in ``lr_scale``: the schedule sets lr = schedule(t) · lr_scale. With
+    ``head_lr_scale`` / ``backbone_lr_scale`` other than 1, each group is split into its
+    classifier and backbone parameters, scaled by those."""
     from audio_dcls.layers import dcls_param_groups
+    from pipelines.model_parts import classifier_layer
 
     groups = dcls_param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, position_lr_scale=cfg.position_lr_scale)
+    if cfg.head_lr_scale != 1.0 or cfg.backbone_lr_scale != 1.0:
+        head = {id(p) for p in classifier_layer(model)[1].parameters()}
+        split = []
+        for g in groups:
+            for part, scale in (("backbone", cfg.backbone_lr_scale), ("head", cfg.head_lr_scale)):
+                params = [p for p in g["params"] if (id(p) in head) == (part == "head")]
+                if params:
+                    split.append({**g, "params": params, "lr_scale": g["lr_scale"] * scale, "group": f"{g['group']}/{part}"})
+        groups = split
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]
     return groups

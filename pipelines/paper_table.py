@@ -77,7 +77,7 @@ class Row:
 
 
 def _recipe_key(cfg: Dict) -> str:
-    ignore = {"seed", "output_dir", "release_dir", "release", "workers", "log_every", "eval_every", "checkpoint_every", "threads", "device", "compile", "max_steps"}
+    ignore = {"seed", "output_dir", "release_dir", "release", "name", "workers", "log_every", "eval_every", "checkpoint_every", "threads", "device", "compile", "max_steps"}
     return json.dumps({k: v for k, v in cfg.items() if k not in ignore}, sort_keys=True, default=str)
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,6 +22,8 @@ from audio_dcls.labels import LabelVocabulary
 from audio_dcls.metrics import TaggingMetrics, tagging_metrics
 from pipelines.data import DataError, DataSpec, collate_items
 from pipelines.distributed import dist_info, gather_objects, gather_rows
+from pipelines.feature_store import LOGMEL
+from pipelines.model_input import scoring_input
 
 
 class NothingScored(DataError):
@@ -44,7 +46,7 @@ def _num_outputs(model: nn.Module) -> int:
     raise DataError("cannot tell how many classes the model predicts")
 
 
-def _score_slice(model, loader, lo: int, per: int, num_classes_data: int, device, amp_dtype, channels_last: bool, show: bool):
+def _score_slice(model, inputs: nn.Module, loader, lo: int, per: int, num_classes_data: int, device, amp_dtype, channels_last: bool, show: bool):
     """Scores of the clips [lo, lo + per) this rank reads -> (scores, targets, scored, skipped, warned)."""
     from tqdm import tqdm
 
@@ -59,7 +61,7 @@ def _score_slice(model, loader, lo: int, per: int, num_classes_data: int, device
         warned += warn
         if x is None:
             continue
-        x = x.to(device, non_blocking=True).float()
+        x = inputs(x.to(device, non_blocking=True))  # the front end on the device for waveforms
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
@@ -87,12 +89,16 @@ class ScoringOptions:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: ScoringOptions = ScoringOptions()) -> Predictions:
+def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: ScoringOptions = ScoringOptions(), inputs: Optional[nn.Module] = None) -> Predictions:
     """Score every item of ``dataset`` (batched, eval mode; the model's mode is restored after).
 
-    Under torch.distributed each rank scores one contiguous slice and every rank
-    returns the gathered result.
+    ``inputs`` turns a loaded batch into model input on the device (a
+    :class:`~pipelines.model_input.ModelInput` in eval mode: the front end for waveform
+    items; default: the items are log-mels). Under torch.distributed each rank scores one
+    contiguous slice and every rank returns the gathered result.
     """
+    if inputs is None:
+        inputs = scoring_input(LogMelConfig(), LOGMEL)
     device = torch.device(options.device)
     rank, world = dist_info()
     n = len(dataset)
@@ -103,7 +109,7 @@ def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: 
     was_training = model.training
     model.eval()
     try:
-        scores, targets, scored, skipped, warned = _score_slice(model, loader, lo, per, num_classes_data, device, options.amp_dtype, options.channels_last, show)
+        scores, targets, scored, skipped, warned = _score_slice(model, inputs.to(device), loader, lo, per, num_classes_data, device, options.amp_dtype, options.channels_last, show)
     finally:
         model.train(was_training)
     if world > 1:
@@ -113,26 +119,33 @@ def predict(model: nn.Module, dataset: Dataset, num_classes_data: int, options: 
     return Predictions(scores[:n].numpy(), targets[:n].numpy(), scored[:n].numpy(), sorted(skipped), sorted(warned))
 
 
-def align_targets(targets: np.ndarray, data_vocab: LabelVocabulary, model_mids: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
-    """Re-index data labels to the model's outputs by MID.
+def as_vocabulary(labels) -> LabelVocabulary:
+    """A LabelVocabulary, or the (mid, display name) pairs of a model's outputs."""
+    if isinstance(labels, LabelVocabulary):
+        return labels
+    pairs = list(labels)
+    return LabelVocabulary([m for m, _ in pairs], [n for _, n in pairs])
 
-    Returns the (N, C_model) targets and the data classes the model does not predict.
+
+def align_targets(targets: np.ndarray, data_vocab: LabelVocabulary, model_labels) -> Tuple[np.ndarray, List[str]]:
+    """Re-index data labels to the model's outputs, class by class (by MID where both have
+    one, else by display name: ``LabelVocabulary.match``).
+
+    ``model_labels``: the model's vocabulary, or its (mid, display name) per output.
+    Returns the (N, C_model) targets and the data classes (keys) the model does not predict.
     """
-    model_mids = list(model_mids)
-    if list(data_vocab.mids) == model_mids:
+    model_vocab = as_vocabulary(model_labels)
+    if model_vocab == data_vocab:
         return targets, []
-    out = np.zeros((targets.shape[0], len(model_mids)), dtype=targets.dtype)
-    col = {m: i for i, m in enumerate(data_vocab.mids)}
-    common = 0
-    for j, m in enumerate(model_mids):
-        i = col.get(m)
+    rows = data_vocab.match(model_vocab)
+    out = np.zeros((targets.shape[0], len(model_vocab)), dtype=targets.dtype)
+    for j, i in enumerate(rows):
         if i is not None:
             out[:, j] = targets[:, i]
-            common += 1
-    if common == 0:
-        raise DataError("the data's labels and the model's outputs have no class in common")
-    model_set = set(model_mids)
-    unknown = [m for m in data_vocab.mids if m not in model_set]
+    if all(i is None for i in rows):
+        raise DataError(f"the data's labels and the model's outputs have no class in common (data: {', '.join(data_vocab.display_names[:3])}...; model: {', '.join(model_vocab.display_names[:3])}...)")
+    predicted = {i for i in rows if i is not None}
+    unknown = [k for i, k in enumerate(data_vocab.keys) if i not in predicted]
     return out, unknown
 
 
@@ -150,24 +163,25 @@ def check_frontend(model_frontend: LogMelConfig, data_frontend: LogMelConfig) ->
 class Scores:
     metrics: TaggingMetrics  # over the scored clips, targets aligned to the model's outputs
     skipped: List[Tuple[str, str]]  # (clip id, reason) of every clip that could not be scored
-    data_classes_not_predicted: List[str]  # MIDs of the data the model has no output for
+    data_classes_not_predicted: List[str]  # classes of the data (MID, else name) the model has no output for
     clips_scored: int
     seconds: float  # wall time of the prediction
     warned: List[Tuple[str, str]] = field(default_factory=list)  # (clip id, decode warning) of clips scored all the same
 
 
-def score(model: nn.Module, model_mids: Sequence[str], model_frontend: LogMelConfig, data: DataSpec, options: ScoringOptions = ScoringOptions()) -> Scores:
-    """Check the front end, predict every clip of ``data``, align its labels to ``model_mids``
-    and compute the tagging metrics. Raises NothingScored when every clip was skipped."""
+def score(model: nn.Module, model_labels, model_frontend: LogMelConfig, data: DataSpec, options: ScoringOptions = ScoringOptions()) -> Scores:
+    """Check the front end, predict every clip of ``data``, align its labels to the model's
+    (``model_labels``: its LabelVocabulary or (mid, name) per output) and compute the tagging
+    metrics. Raises NothingScored when every clip was skipped."""
     check_frontend(model_frontend, data.frontend)
     t0 = time.perf_counter()
-    preds = predict(model, data.dataset, len(data.vocabulary), options)
+    preds = predict(model, data.dataset, len(data.vocabulary), options, scoring_input(model_frontend, data.item_kind))  # the model's front end, for waveforms
     seconds = time.perf_counter() - t0
     skipped = [(data.ids[i], reason) for i, reason in preds.skipped]
     keep = preds.scored
     if not keep.any():
         raise NothingScored(f"no clip could be scored ({len(skipped)} skipped, e.g. {skipped[0][1] if skipped else '?'})")
-    targets, unknown = align_targets(preds.targets[keep], data.vocabulary, model_mids)
+    targets, unknown = align_targets(preds.targets[keep], data.vocabulary, model_labels)
     metrics = tagging_metrics(targets, preds.scores[keep])
     warned = [(data.ids[i], w) for i, w in preds.warned]
     return Scores(metrics, skipped, unknown, int(keep.sum()), seconds, warned)

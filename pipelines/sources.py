@@ -15,7 +15,8 @@ copies lack 5-10 % of their YouTube clips; that is reported, never fatal).
   ``waveform`` int16 (N, 320000) at 32 kHz, ``target`` bool (N, 527)); see
   :func:`write_panns_hdf5` for the writer.
 * :class:`CustomCsvSource` -- a folder plus a CSV ``path,labels`` (labels separated by
-  ``;``, any vocabulary: given, or derived from the CSV; kept by the feature store).
+  ``;``, any vocabulary: given, or derived from the CSV; kept by the feature store;
+  see :mod:`pipelines.vocabulary` for how a command chooses it).
 
 Constructing a source only reads: it never writes into the user's folders.
 """
@@ -509,6 +510,8 @@ def read_custom_csv(path: str | os.PathLike) -> list[tuple[str, list[str]]]:
         f = open(path, newline="", encoding="utf-8-sig")
     except FileNotFoundError:
         raise FileNotFoundError(f"dataset CSV not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder; give the dataset's CSV (path,labels)") from None
     with f:
         reader = csv.DictReader(f)
         cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
@@ -526,37 +529,40 @@ def read_custom_csv(path: str | os.PathLike) -> list[tuple[str, list[str]]]:
 class CustomCsvSource(ClipSource):
     """Your own sounds: ``audio_dir`` (default: the CSV's folder) + CSV ``path,labels``.
 
-    The vocabulary is ``vocabulary`` when given (a LabelVocabulary or a labels CSV
-    path; pass a train split's ``STORE/labels.csv`` to an eval split so that their
-    indices agree); else ``labels.csv`` next to the CSV when the dataset ships one;
-    else the sorted distinct labels of this CSV. A label outside a given vocabulary
-    is an error. Nothing is written into the dataset's folder: the vocabulary is kept
-    by what consumes the source (the feature store's ``labels.csv``, the run folder).
+    The vocabulary is ``vocabulary`` when given (a LabelVocabulary, or a label file:
+    ``index,mid,display_name`` CSV or one label per line); else the sorted distinct labels
+    of this CSV. Nothing is read from beside the CSV (a ``labels.csv`` the dataset ships is
+    only used when passed as ``vocabulary``) and nothing is written into its folder: the
+    vocabulary is kept by what consumes the source (the feature store's ``labels.csv``,
+    the run folder). Labels are matched by MID or display name (ignoring case and spacing;
+    AudioSet names and MIDs are one class). A label outside the vocabulary is counted in
+    ``unknown_labels`` and noted, and its clips keep their other labels -- unless
+    ``strict``, where it is an error.
     """
 
     kind = "custom_csv"
-    VOCABULARY_FILE = "labels.csv"
 
-    def __init__(self, csv_path: str | os.PathLike, audio_dir: str | os.PathLike | None = None, vocabulary: LabelVocabulary | str | os.PathLike | None = None):
+    def __init__(self, csv_path: str | os.PathLike, audio_dir: str | os.PathLike | None = None, vocabulary: LabelVocabulary | str | os.PathLike | None = None, strict: bool = False):
         csv_path = Path(csv_path)
         rows = read_custom_csv(csv_path)
         root = Path(audio_dir) if audio_dir is not None else csv_path.parent
         notes = []
-        vocab_file = csv_path.parent / self.VOCABULARY_FILE
         if isinstance(vocabulary, LabelVocabulary):
             vocab = vocabulary
         elif vocabulary is not None:
-            vocab = LabelVocabulary.from_csv(vocabulary)
-        elif vocab_file.exists():
-            vocab = LabelVocabulary.from_csv(vocab_file)
-            notes.append(f"vocabulary read from {vocab_file}")
+            vocab = LabelVocabulary.from_file(vocabulary)
         else:
             vocab = LabelVocabulary.from_labels(lab for _, labs in rows for lab in labs)
-            notes.append(f"vocabulary of {len(vocab)} labels taken from {csv_path.name} (pass it to the other splits: --labels STORE/labels.csv)")
-        unknown = sorted({lab for _, labs in rows for lab in labs if lab not in vocab._by_mid and lab not in vocab._by_name})
-        if unknown:
-            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            notes.append(f"vocabulary of {len(vocab)} labels taken from {csv_path.name}")
+        index = {lab: vocab.find(lab) for lab in {lab for _, labs in rows for lab in labs}}
+        unknown = Counter(lab for _, labs in rows for lab in set(labs) if index[lab] is None)
+        if unknown and len(unknown) == len(index):
+            raise ValueError(f"{csv_path}: none of its {len(index)} labels is a class of the {len(vocab)}-class vocabulary (e.g. {sorted(unknown)[0]!r}); is it the right vocabulary?")
+        if unknown and strict:
+            shown = ", ".join(sorted(unknown)[:5]) + (" ..." if len(unknown) > 5 else "")
             raise ValueError(f"{csv_path}: {len(unknown)} labels are not in the {len(vocab)}-class vocabulary: {shown}")
+        for lab, count in sorted(unknown.items()):
+            notes.append(f"unknown label {lab!r} in {count} clips of {csv_path.name}: not in the {len(vocab)}-class vocabulary; those clips keep their other labels")
         clips, skipped, seen = [], [], set()
         for p, labs in rows:
             key = Path(p).as_posix()
@@ -568,6 +574,7 @@ class CustomCsvSource(ClipSource):
             if not full.is_file():
                 skipped.append(SkippedClip(key, f"audio file not found: {full}"))
                 continue
-            clips.append(Clip(key, tuple(sorted({vocab.index(lab) for lab in labs})), len(vocab), path=str(full)))
+            clips.append(Clip(key, tuple(sorted({index[lab] for lab in labs if index[lab] is not None})), len(vocab), path=str(full)))
         super().__init__(clips, vocab, skipped, {"csv": str(csv_path.resolve()), "audio_dir": str(root.resolve())})
         self.notes = notes
+        self.unknown_labels: dict[str, int] = dict(unknown)  # label -> clips that carry it

@@ -21,12 +21,28 @@ Resume an interrupted run (same command plus ``--resume``)::
 
     python -m pipelines.train -c configs/convnext_tiny_dcls.yaml seed=0 --resume
 
+Fine-tune a release onto your own ``path,labels`` CSVs (CPU; ``pipelines.finetune`` /
+``make finetune`` does stores, training, evaluation and a report in one command)::
+
+    python -m pipelines.train -c configs/finetune_cpu.yaml train=[my_sounds/train.csv] eval=my_sounds/eval.csv \
+        init_from=runs/release/convnext_atto_dcls_audio-mini-seed0 freeze=stages:2
+
+Every config key with its type, default and meaning: ``python -m pipelines.train --help-config``.
+
 What a run folder (``output_dir``) holds: ``config.yaml`` (the resolved config),
 ``labels.csv`` (the label vocabulary, row i = output i), ``last.pt`` (the latest
 checkpoint, replaced atomically), ``metrics.csv`` (one row per epoch), ``steps.csv``
 (loss and lr per optimizer step), ``train.log`` (written by this CLI),
-``summary.json`` (final metrics) and ``release/<model>/`` — the release folder the
-service loads (safetensors weights, config.yaml, labels.csv; no pickle).
+``summary.json`` (final metrics), ``init_from.json`` (what ``init_from`` loaded) and
+``release/NAME/`` — the release folder the service loads (safetensors weights,
+config.yaml, labels.csv; no pickle), NAME = ``name`` or ``{model}-{dataset}-seed{seed}``.
+
+Data path. DataLoader workers return the clips as stored (int16 waveforms or fp16
+log-mels; audio decoded on the fly as int16 waveforms); each micro-batch moves to the
+device as it is, and there the run's ModelInput applies ``augment`` (``dcls_audio``, the
+paper's, needs waveforms; ``specaugment``; ``none``) and the front end, then the step
+smooths the labels and mixes the batch. Long clips of a ``--max-seconds`` store become
+items as ``long_clips`` says (first, random_crop, windows).
 
 In Python, :func:`train` runs a whole run; :func:`pipelines.train_step.train_step`
 is one optimizer step on a :class:`pipelines.train_state.RunState`.
@@ -34,7 +50,7 @@ is one optimizer step on a :class:`pipelines.train_state.RunState`.
 Reproducibility. The data order of epoch e is a permutation drawn from (seed, e);
 optimizer step s takes the next ``effective_batch`` clips of it, cut into
 micro-batches m = a·world + rank (a = accumulation index). Every random draw of a
-micro-batch (mixup λ, crops, SpecAugment, drop path) comes from a generator seeded
+micro-batch (augmentation, mixup λ, crops, drop path) comes from a generator seeded
 with (seed, e, s, m); torch's global RNG is forked around it, not consumed. So a run gives the same numbers with 1 process × 2
 accumulation steps or 2 processes × 1, and a resumed run continues exactly where
 the checkpoint left off. Checkpoints also carry every RNG state of every rank.
@@ -57,6 +73,7 @@ from torch.utils.data import DataLoader
 
 from audio_dcls import ops
 from audio_dcls.io import atomic_write_json
+from audio_dcls.labels import LabelVocabulary
 from pipelines.checkpoints import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -68,14 +85,17 @@ from pipelines.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from pipelines.data import DataError, DataSpec, collate_items, open_data, open_training_data, populated_classes
+from pipelines.data import DataError, DataSpec, collate_items, is_custom_csv, open_data, open_training_data
 from pipelines.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown_distributed, torchrun_rank
+from pipelines.model_input import check_augment_fits
 from pipelines.run_log import RunLog
 from pipelines.sampling import GlobalBatchSampler
 from pipelines.scoring import NothingScored, Scores, ScoringOptions, align_targets, check_frontend, score
-from pipelines.train_config import ConfigError, TrainConfig, config_differences, load_config, save_config
+from pipelines.init_from import INIT_SUMMARY_FILE, InitFromError, Parent, initialise, read_parent
+from pipelines.train_config import ConfigError, TrainConfig, config_differences, describe_keys, load_config, save_config
 from pipelines.train_state import RunState, build_run_state, release_model_args
 from pipelines.train_step import MicroBatch, NonFiniteLoss, StepResult, train_step
+from pipelines.vocabulary import VocabularyChoice, choose_vocabulary
 
 log = logging.getLogger("pipelines.train")
 
@@ -106,23 +126,59 @@ def check_run_folder(cfg: TrainConfig, resume: bool) -> Tuple[Optional[Dict], Op
     return ckpt, None
 
 
-def open_run_data(cfg: TrainConfig) -> Tuple[DataSpec, Optional[DataSpec]]:
-    """The training data and the evaluation data (read into the training vocabulary and front
-    end where it is decoded on the fly; a store must match the front end and share classes)."""
-    data = open_training_data(cfg.train, cfg.audio_dir or None)
-    if not cfg.eval:
-        return data, None
+def run_vocabulary(cfg: TrainConfig, parent: Optional[Parent], ckpt: Optional[Dict]) -> Optional[VocabularyChoice]:
+    """The vocabulary ``path,labels`` training CSVs are read into (see pipelines.vocabulary); None
+    leaves the training data its own (stores, AudioSet CSVs, HDF5 packs). A resumed run keeps its checkpoint's."""
+    if ckpt is not None:
+        labels = [tuple(x) for x in ckpt["labels"]]
+        return VocabularyChoice(LabelVocabulary([m for m, _ in labels], [n for _, n in labels]), "the run's checkpoint")
+    train_csvs = [t for t in cfg.train if is_custom_csv(t)]
+    if not train_csvs:
+        return choose_vocabulary([], labels_file=cfg.labels) if cfg.labels else None
+    csvs = train_csvs + ([cfg.eval] if cfg.eval and is_custom_csv(cfg.eval) else [])
+    release = parent.vocabulary if parent is not None else None
+    return choose_vocabulary(csvs, cfg.labels or None, release, f"the init_from {parent.format} {parent.name}" if parent else "", release_must_cover=True)
+
+
+def _report_unknown_labels(what: str, data: DataSpec) -> None:
+    for label, clips in sorted(data.unknown_labels.items()):
+        log.warning("%s: label %r (%d clips) is not in the %d-class vocabulary; ignored, those clips keep their other labels", what, label, clips, len(data.vocabulary))
+
+
+def open_run_data(cfg: TrainConfig, vocab: Optional[VocabularyChoice] = None, frontend=None) -> Tuple[DataSpec, Optional[DataSpec]]:
+    """The training data and the evaluation data (read into the run's vocabulary and front end
+    where it is decoded on the fly; a store must match the front end and share classes)."""
+    data = open_training_data(cfg.train, cfg.audio_dir or None, vocab.vocabulary if vocab else None, frontend, cfg.strict_labels, cfg.long_clips, cfg.seed)
+    _report_unknown_labels("train", data)
     try:
-        eval_data = open_data(cfg.eval, cfg.audio_dir or None, data.frontend, data.vocabulary)
-        check_frontend(data.frontend, eval_data.frontend)
-        no_clips = np.zeros((0, len(eval_data.vocabulary)), np.uint8)
-        _, unknown = align_targets(no_clips, eval_data.vocabulary, data.vocabulary.mids)
+        check_augment_fits(cfg.augment, data.item_kind, f"train={cfg.train[0] if len(cfg.train) == 1 else cfg.train}")
     except BaseException:
         data.close()
         raise
+    if not cfg.eval:
+        return data, None
+    try:
+        eval_data = open_data(cfg.eval, cfg.audio_dir or None, data.frontend, data.vocabulary, cfg.strict_labels)
+        check_frontend(data.frontend, eval_data.frontend)
+        no_clips = np.zeros((0, len(eval_data.vocabulary)), np.uint8)
+        _, unknown = align_targets(no_clips, eval_data.vocabulary, data.vocabulary)
+    except BaseException:
+        data.close()
+        raise
+    _report_unknown_labels("eval", eval_data)
     if unknown:
         log.warning("eval: %d classes of %s are not among the training classes; they are not scored", len(unknown), cfg.eval)
     return data, eval_data
+
+
+def check_parent(cfg: TrainConfig, parent: Parent, data: DataSpec) -> None:
+    """The parent must be the architecture this config builds, on the data's front end."""
+    if parent.arch != cfg.model:
+        raise InitFromError(f"init_from: {parent.path} is a {parent.arch} model and this config builds {cfg.model}; set {parent.needs()} (pipelines.finetune does)")
+    try:
+        check_frontend(parent.frontend, data.frontend)
+    except DataError as e:
+        raise InitFromError(f"init_from: {parent.path}: {e}") from None
 
 
 def plan_steps(cfg: TrainConfig, num_clips: int, env: DistEnv) -> GlobalBatchSampler:
@@ -198,13 +254,21 @@ class Trainer:
         self.show_bar = env.is_main and (sys.stderr.isatty() if progress is None else progress)
         self.stopped = False  # max_steps reached
         self.last_eval: Optional[Scores] = None
+        self.vocabulary_source = f"the training data's own ({cfg.train[0]})"
+        self.init_record: Optional[Dict] = None  # init_from: source, format and parent (name, sha256, ...)
 
     @classmethod
     def build(cls, cfg: TrainConfig, env: DistEnv, ckpt: Optional[Dict] = None, progress: Optional[bool] = None) -> "Trainer":
-        data, eval_data = open_run_data(cfg)
+        parent = read_parent(cfg.init_from) if cfg.init_from and ckpt is None else None
+        vocab = run_vocabulary(cfg, parent, ckpt)
+        data, eval_data = open_run_data(cfg, vocab, parent.frontend if parent is not None else None)
         try:
+            if parent is not None:
+                check_parent(cfg, parent, data)
             sampler = plan_steps(cfg, len(data.dataset), env)
-            state = build_run_state(cfg, len(data.vocabulary), env.device, sampler.steps_per_epoch, sampler.accum, data.frontend.std, env.world)
+            label_rate = data.label_rate() if cfg.head_bias_init == "auto" else None
+            init = (lambda model: initialise(model, cfg.init_from, data.vocabulary, parent, cfg.init_fresh_dcls)) if cfg.init_from and ckpt is None else None
+            state = build_run_state(cfg, len(data.vocabulary), env.device, sampler.steps_per_epoch, sampler.accum, data.frontend, data.item_kind, env.world, label_rate, init)
             if ckpt is not None:
                 resume_state(state, ckpt, env, cfg.resolved_output_dir() / CHECKPOINT_FILE, sampler.steps_per_epoch)
             state.train_model = wrap_for_training(state.model, cfg, env)
@@ -213,7 +277,15 @@ class Trainer:
             if eval_data is not None:
                 eval_data.close()
             raise
-        return cls(cfg, env, data, eval_data, sampler, state, progress)
+        trainer = cls(cfg, env, data, eval_data, sampler, state, progress)
+        if vocab is not None:
+            trainer.vocabulary_source = vocab.source
+        if state.init_summary is not None:
+            s = state.init_summary
+            trainer.init_record = {"source": s.source, "format": s.format, "parent": s.parent}
+        elif ckpt is not None:
+            trainer.init_record = ckpt.get("init_from")
+        return trainer
 
     def close(self) -> None:
         self.logs.close()
@@ -245,6 +317,19 @@ class Trainer:
             cfg.model, f"{_count_params(s.model):,}", len(self.data.vocabulary), len(self.data.dataset), self.sampler.steps_per_epoch, cfg.epochs,
             cfg.batch_size, self.env.world, self.sampler.accum, cfg.effective_batch, self.env.device,
         )
+        log.info("vocabulary: %d classes from %s", len(self.data.vocabulary), self.vocabulary_source)
+        if s.init_summary is not None:
+            for line in s.init_summary.lines:
+                log.info("%s", line)
+            atomic_write_json(self.out / INIT_SUMMARY_FILE, s.init_summary.to_dict())
+        if s.frozen.modules:
+            log.info("%s", s.frozen.describe())
+            if not cfg.init_from:
+                log.warning("freeze=%s without init_from: the frozen parts keep their random initialisation", cfg.freeze)
+        log.info("data path: %s items -> %s on %s (augment=%s), then label smoothing %g and mixup alpha %g", self.data.item_kind,
+                 "front end" if self.data.item_kind == "waveform" else "log-mels", self.env.device, cfg.augment, cfg.label_smoothing, cfg.mixup_alpha)
+        for note in self.data.notes:
+            log.info("long clips: %s", note)
 
     # --- one epoch -------------------------------------------------------------------
     def _run_epoch(self) -> None:
@@ -278,6 +363,7 @@ class Trainer:
     def _train_steps(self) -> _EpochMeter:
         """The optimizer steps of the current epoch, from state.step_in_epoch on."""
         s, cfg, steps = self.state, self.cfg, self.sampler.steps_per_epoch
+        self.data.set_epoch(s.epoch)  # the epoch's random crops of long clips, before the workers start
         loader = DataLoader(
             self.data.dataset,
             batch_sampler=self.sampler.batches(s.epoch, s.step_in_epoch),
@@ -338,7 +424,7 @@ class Trainer:
         amp = s.recipe.amp_dtype if s.recipe.use_amp else None
         options = ScoringOptions(cfg.batch_size, self.env.device, cfg.workers, amp, cfg.channels_last, progress=False)
         try:
-            return score(s.eval_model, self.data.vocabulary.mids, self.data.frontend, self.eval_data, options)
+            return score(s.eval_model, self.data.vocabulary, self.data.frontend, self.eval_data, options)
         except NothingScored as e:
             log.warning("evaluation: %s", e)
             return None
@@ -372,6 +458,7 @@ class Trainer:
             "frontend": self.data.frontend.to_dict(),
             "labels": [[m, n] for m, n in zip(vocab.mids, vocab.display_names)],
             "label_source": vocab.label_set,
+            "init_from": self.init_record,
         }
         save_checkpoint(self.ckpt_path, {**header, **s.state_dict(), "world_size": env.world, "rng": rngs, "ops_routes": routes, "note": note})
 
@@ -390,7 +477,11 @@ class Trainer:
             "weights": "ema" if s.ema is not None else "raw",
             "train_data": cfg.train,
             "train_clips": len(self.data.dataset),
+            "data_path": {"items": self.data.item_kind, "augment": cfg.augment, "long_clips": self.data.notes or None},
             "eval_data": cfg.eval or None,
+            "vocabulary": self.vocabulary_source,
+            "init_from": self.init_record,
+            "freeze": cfg.freeze,
             "seconds": round(seconds, 1),
             "finished": not self.stopped or s.global_step >= self.sampler.steps_per_epoch * cfg.epochs,
             "run_dir": str(self.out),
@@ -409,7 +500,7 @@ class Trainer:
             release_dir = self.cfg.resolved_release_dir()
             training = {k: v for k, v in summary.items() if k != "run_dir"}
             # The classes the training data had positives for: the service shows what the model can know.
-            training["populated_classes"] = populated_classes(self.data.dataset)
+            training["populated_classes"] = self.data.populated_classes()
             save_release(release_dir, self.state.eval_model, self.cfg.model, self.release_args, self.data.frontend, list(zip(vocab.mids, vocab.display_names)), vocab.label_set, training=training)
             summary["release"] = str(release_dir)
             log.info("release folder: %s", release_dir)
@@ -442,10 +533,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Optional[bool] = Non
 # ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config", help="YAML recipe (configs/*.yaml); without it, the defaults of pipelines/train_config.py")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 lr=2e-3 train=[a,b]")
+    p.add_argument("-c", "--config", help="YAML recipe (configs/*.yaml); without it, the defaults (see --help-config)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides anywhere on the line, e.g. seed=1 lr=2e-3 train=[a,b]")
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last.pt")
+    p.add_argument("--name", help="the release's name (the same as name=NAME; default {model}-{dataset}-seed{seed})")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its type, default and meaning, and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     return p
 
@@ -476,12 +569,15 @@ def _restore_logging(handlers: List[logging.Handler], level: int) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
+    if args.help_config:
+        print(describe_keys())
+        return 0
     code = 0
     added: Tuple[List[logging.Handler], int] = ([], logging.getLogger().level)
     threads = torch.get_num_threads()
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, [*args.overrides, *([f"name={args.name}"] if args.name else [])])
         if args.print_config:
             import yaml
 
@@ -501,7 +597,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except NonFiniteLoss as e:
         print(f"train: error: {e}", file=sys.stderr)
         code = 3
-    except (ConfigError, CheckpointError, DataError, ValueError, OSError) as e:
+    except (ConfigError, CheckpointError, DataError, ValueError, OSError, KeyError) as e:
         print(f"train: error: {' '.join(str(e).split())}", file=sys.stderr)
         code = 1
     finally:

@@ -2,9 +2,12 @@
 
 With AudioSet (``AUDIOSET_ROOT`` or ``--audioset-root``): the official segment CSVs
 plus audio folders, or PANNs HDF5 packs, are found under the root; each split is
-precomputed into a feature store unless it already is (a killed precompute
-resumes); the paper recipe is trained (``CONFIG``, default
-configs/convnext_tiny_dcls.yaml) on balanced + unbalanced and evaluated on eval::
+precomputed into a store unless it already is (a killed precompute resumes) --
+waveform stores (``data/stores/audioset_waveform/``) for the paper recipes, whose
+augmentation (``augment: dcls_audio``) and front end run on the GPU, log-mel stores
+(``data/stores/audioset/``) for a recipe with ``augment: specaugment|none``; the
+recipe is trained (``CONFIG``, default configs/convnext_tiny_dcls.yaml) on balanced +
+unbalanced and evaluated on eval::
 
     make train-audioset AUDIOSET_ROOT=/data/audioset                    # one GPU
     make train-audioset AUDIOSET_ROOT=/data/audioset NPROC=8            # torchrun, 8 GPUs
@@ -21,9 +24,13 @@ or directly (CPU / one GPU / N GPUs — NPROC > 1 starts torchrun)::
 Without either it runs the EMBEDDED DEFAULT on this machine's CPU: it builds the
 synthetic mini-AudioSet (16 synthesisable AudioSet classes, official layout),
 precomputes it through the same ingest as real AudioSet, trains the small DCLS
-recipe (configs/cpu_mini.yaml), evaluates it, writes the release folder under
-runs/release/ and a short report (runs/mini/REPORT.md). A rerun reuses what is
-already built and trained.
+recipe (configs/cpu_mini.yaml), evaluates it, writes the release folder
+runs/release/convnext_atto_dcls_audio-mini-seed0 (releases are named
+``{model}-{dataset}-seed{seed}``, or ``name=...``) and a short report
+(runs/mini/REPORT.md). A rerun reuses what is already built and trained.
+
+``INIT_FROM`` (``--init-from``) passes ``init_from=`` to the training: start from a
+release folder or checkpoint of ours, or from an upstream (ImageNet) checkpoint.
 
 Layouts found under AUDIOSET_ROOT, per split (balanced_train, unbalanced_train, eval):
   * CSV ``{root}/{split}_segments.csv`` (or ``{root}/metadata/...``) + audio in
@@ -44,7 +51,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from audio_dcls.io import atomic_write
 log = logging.getLogger("pipelines.train_audioset")
@@ -62,7 +69,8 @@ def config_path(name: str) -> str:
     if shipped.is_file():
         return str(shipped)
     raise SetupError(f"config file not found: {name}")
-MINI_RELEASE_NAME = "convnext_atto_dcls_audio-mini"
+MINI_DATASET = "mini"  # the embedded default's dataset name: its release is {model}-mini-seed{seed}
+EMBEDDED_RELEASE = "convnext_atto_dcls_audio-mini-seed0"  # what `make train-audioset` writes under runs/release/
 # The embedded default trains on more synthetic clips than make_mini_audioset's default
 # (384): with 384 the small model fits the training set (mAP 0.99) but stays near 0.85 on
 # eval; 2048 clips cost ~1 min more to synthesise and lift eval mAP above 0.9.
@@ -119,10 +127,10 @@ def find_audioset(root: Path) -> Dict[str, SplitInput]:
     return found
 
 
-def build_store(inp: SplitInput, out: Path, workers: int, overwrite: bool = False) -> Path:
-    """Precompute one split. A finished store of the same inputs is kept as it is and an
-    unfinished one resumed (both by build_feature_store); ``overwrite`` replaces a store
-    built from other inputs instead of refusing."""
+def build_store(inp: SplitInput, out: Path, workers: int, overwrite: bool = False, kind: str = "logmel") -> Path:
+    """Precompute one split into a store of ``kind`` (logmel or waveform). A finished store
+    of the same inputs is kept as it is and an unfinished one resumed (both by
+    build_feature_store); ``overwrite`` replaces a store built from other inputs instead of refusing."""
     from pipelines.precompute import build_feature_store
     from pipelines.sources import AudioSetSource, PannsHdf5Source
 
@@ -130,8 +138,8 @@ def build_store(inp: SplitInput, out: Path, workers: int, overwrite: bool = Fals
     with source:
         if len(source) == 0:
             raise SetupError(f"{inp.describe()}: no clip with audio ({len(source.missing)} listed clips missing)")
-        log.info("feature store %s <- %s: %d clips (%d listed clips have no audio)", out, inp.split, len(source), len(source.missing))
-        report = build_feature_store(source, out, workers=workers, overwrite=overwrite)
+        log.info("%s store %s <- %s: %d clips (%d listed clips have no audio)", kind, out, inp.split, len(source), len(source.missing))
+        report = build_feature_store(source, out, workers=workers, overwrite=overwrite, kind=kind)
     log.info("%s", report.summary().replace("\n", "; "))
     return out
 
@@ -147,12 +155,20 @@ def run_training(config: str, overrides: List[str], nproc: int) -> Dict:
     """Train (resuming an unfinished run in the same folder); returns its summary.json."""
     from pipelines.train_config import load_config
 
+    from pipelines.train_config import config_differences, config_from_dict
+
     cfg = load_config(config, overrides)
     out = cfg.resolved_output_dir()
     summary_path = out / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("finished"):
+            import yaml
+
+            old = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+            changed = config_differences(old, cfg)
+            if changed:
+                raise SetupError(f"{out} holds a finished run with other settings ({', '.join(changed[:4])}); delete the folder or choose another run name")
             log.info("%s already holds a finished run; reusing it (delete the folder to train again)", out)
             return summary
     resume = ["--resume"] if (out / "last.pt").is_file() else []
@@ -235,13 +251,14 @@ def run_embedded(args, overrides: List[str]) -> int:
     train_store = build_store(SplitInput("balanced_train", "audioset", data / "balanced_train_segments.csv", data / "audio" / "balanced_train_segments"), stores / "embedded_mini_train", workers, overwrite=True)
     eval_store = build_store(SplitInput("eval", "audioset", data / "eval_segments.csv", data / "audio" / "eval_segments"), stores / "embedded_mini_eval", workers, overwrite=True)
     runs = Path(args.runs)
-    release = runs / "release" / MINI_RELEASE_NAME
     run_dir = runs / "mini" / "convnext_atto_dcls_audio-seed{seed}"
-    base = [f"train=[{train_store}]", f"eval={eval_store}", f"output_dir={run_dir}", f"release_dir={release}"]
+    base = [f"train=[{train_store}]", f"eval={eval_store}", f"dataset={MINI_DATASET}", f"output_dir={run_dir}", f"release_dir={runs / 'release'}/{{name}}"]
     if args.device != "auto":
         base.append(f"device={args.device}")
+    if args.init_from:
+        base.append(f"init_from={args.init_from}")
     train_summary = run_training(config_path(args.config or MINI_CONFIG), base + overrides, 1)
-    release = Path(train_summary.get("release", release))
+    release = Path(train_summary["release"])
     eval_dir = Path(train_summary["run_dir"]) / "eval"
     summary = run_evaluation(release, eval_store, eval_dir, "cpu" if args.device == "auto" else args.device, 0)
     seconds = time.perf_counter() - t0
@@ -252,6 +269,13 @@ def run_embedded(args, overrides: List[str]) -> int:
     return 0
 
 
+def store_kind(config: str, overrides: List[str]) -> str:
+    """The store a recipe trains on: waveforms for augment=dcls_audio (the paper recipes), else log-mels."""
+    from pipelines.train_config import load_config
+
+    return "waveform" if load_config(config, overrides, require_data=False).augment == "dcls_audio" else "logmel"
+
+
 def run_audioset(args, overrides: List[str]) -> int:
     t0 = time.perf_counter()
     config = config_path(args.config or DEFAULT_PAPER_CONFIG)
@@ -260,14 +284,17 @@ def run_audioset(args, overrides: List[str]) -> int:
     if args.audioset_root:
         root = Path(args.audioset_root)
         found = find_audioset(root)
-        stores = Path(args.stores) if args.stores else Path(args.data_dir) / "stores" / "audioset"
+        kind = store_kind(config, overrides)
+        stores = Path(args.stores) if args.stores else Path(args.data_dir) / "stores" / ("audioset_waveform" if kind == "waveform" else "audioset")
         workers = args.workers or _cores()
-        built = {s: build_store(inp, stores / s, workers) for s, inp in found.items()}
+        built = {s: build_store(inp, stores / s, workers, kind=kind) for s, inp in found.items()}
         train = [str(built[s]) for s in ("balanced_train", "unbalanced_train") if s in built]
         eval_store = built["eval"]
         base += [f"train=[{','.join(train)}]", f"eval={eval_store}"]
     if args.device != "auto":
         base.append(f"device={args.device}")
+    if args.init_from:
+        base.append(f"init_from={args.init_from}")
     train_summary = run_training(config, base + overrides, args.nproc)
     if eval_store is None and train_summary.get("eval_data"):
         eval_store = Path(train_summary["eval_data"])
@@ -290,6 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--audioset-root", default=env.get("AUDIOSET_ROOT") or None, help="AudioSet copy (default: $AUDIOSET_ROOT)")
     p.add_argument("--config", default=env.get("CONFIG") or None, help="training recipe (default: $CONFIG, else the paper's ConvNeXt-T DCLS with AudioSet, the CPU recipe without)")
     p.add_argument("--nproc", type=int, default=int(env.get("NPROC") or 1), help="processes (GPUs) for torchrun (default: $NPROC or 1)")
+    p.add_argument("--init-from", default=env.get("INIT_FROM") or None, help="start from these weights (init_from=; default: $INIT_FROM): a release folder, a last.pt, or an upstream checkpoint")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--data-dir", default="data", help="where the mini dataset and the stores go (default %(default)s)")
     p.add_argument("--stores", default=None, help="feature store folder (default: DATA_DIR/stores[/audioset])")
@@ -298,27 +326,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+def run_job(prog: str, overrides: Sequence[str], job: Callable[[List[str]], int]) -> int:
+    """The frame of a one-command job (this one, ``pipelines.finetune``): logging, the override
+    syntax, and every user mistake as one ``prog: error:`` line with exit code 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from pipelines.feature_store import StoreError
+
     try:
-        if args.nproc < 1:
-            raise SetupError("NPROC / --nproc must be >= 1")
-        bad = [o for o in args.overrides if "=" not in o]
+        bad = [o for o in overrides if "=" not in o]
         if bad:
             raise SetupError(f"overrides must look like key=value, got {bad[0]!r}")
+        return job(list(overrides))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    except (SetupError, StoreError, ValueError, OSError, KeyError) as e:  # ConfigError, DataError, EvaluationError are ValueErrors
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
+
+    def job(overrides: List[str]) -> int:
+        if args.nproc < 1:
+            raise SetupError("NPROC / --nproc must be >= 1")
         if args.audioset_root or args.config:
-            return run_audioset(args, list(args.overrides))
+            return run_audioset(args, overrides)
         if args.nproc > 1:
             raise SetupError("NPROC > 1 needs AudioSet (AUDIOSET_ROOT=...) or a CONFIG; the embedded default trains on one CPU process")
-        return run_embedded(args, list(args.overrides))
-    except KeyboardInterrupt:
-        print("train_audioset: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
-    except (SetupError, StoreError, ValueError, OSError) as e:  # ConfigError, DataError, EvaluationError are ValueErrors
-        print(f"train_audioset: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        return run_embedded(args, overrides)
+
+    return run_job("train_audioset", args.overrides, job)
 
 
 if __name__ == "__main__":

@@ -8,21 +8,30 @@ overrides come last and win::
 
 Values are parsed as YAML (``[a,b]`` lists, ``true``/``false``, ``null``) and checked
 against the field's type; an unknown key, a wrong type or an impossible value is a
-:class:`ConfigError` with a one-line message. ``output_dir`` and ``release_dir`` may
-name other fields in braces, e.g. ``runs/{model}-seed{seed}``, so one recipe serves
-every seed.
+:class:`ConfigError` with a one-line message. ``output_dir``, ``release_dir`` and
+``name`` may name other fields in braces, e.g. ``runs/{model}-seed{seed}``, so one
+recipe serves every seed (``{dataset}`` and, in the two folders, ``{name}`` are the
+resolved values). ``python -m pipelines.train --help-config`` lists every key with its
+type, default and the comment written beside it below (:func:`describe_keys`).
 """
 from __future__ import annotations
 
 import difflib
+import logging
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import yaml
 
 from audio_dcls.io import atomic_write
+from pipelines.long_clips import LONG_CLIP_MODES
+
+log = logging.getLogger(__name__)
+
+AUGMENTS = ("dcls_audio", "specaugment", "none")  # training augmentations (pipelines.model_input)
 
 
 class ConfigError(ValueError):
@@ -36,12 +45,21 @@ class TrainConfig:
     model_args: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (depths, dims, ...)
     drop_path: float = 0.4  # stochastic depth rate, given to the model as drop_path_rate
     layer_scale_init: Optional[float] = 1e-6  # layer-scale init value; null keeps the model's own default
-    head_bias_init: Optional[float] = None  # initial classifier bias (a logit prior, e.g. -5.0); null keeps the model's (0: p = 0.5 for every class)
+    head_bias_init: Union[float, Literal["auto"], None] = None  # initial classifier bias: a logit (e.g. -5.0), 'auto' (per class, the logit of its rate in the training set after label smoothing, clipped to [1e-4, 1 - 1e-4]) or null (the model's: 0, p = 0.5)
+    # --- fine-tuning ---------------------------------------------------------------
+    init_from: str = ""  # start from these weights ('' = random init): one of our release folders or training checkpoints (last.pt), or an upstream/ImageNet checkpoint (path or URL) that audio_dcls.convert reads; classifier rows are copied by class
+    init_fresh_dcls: bool = False  # init_from an upstream file: where it has a plain depthwise conv and the model a DCLS layer, keep that layer's fresh init instead of stopping (the paper's ConvFormer-S18-DCLS from ImageNet ConvFormer-S18)
+    freeze: str = "none"  # 'none', 'backbone' (only the classifier trains) or 'stages:N' (the stem and the first N stages stay fixed); frozen parts run in eval mode and are not in the optimizer
+    head_lr_scale: float = 1.0  # the classifier's learning rate is lr x this
+    backbone_lr_scale: float = 1.0  # every other parameter's learning rate is lr x this (DCLS positions and Σ: x position_lr_scale on top)
     # --- data ----------------------------------------------------------------------
     train: List[str] = field(default_factory=list)  # feature stores (joined; e.g. balanced + unbalanced) or CSVs decoded on the fly
     eval: str = ""  # feature store or CSV evaluated during training ('' = none)
+    labels: str = ""  # vocabulary of path,labels CSVs: a label file (index,mid,display_name CSV or one label per line); '' = the init_from release's when it names every label, else the sorted union of the train and eval CSVs' labels (stores keep their own)
+    strict_labels: bool = False  # a CSV label outside the vocabulary is an error (false: counted, reported, ignored)
     audio_dir: str = ""  # audio folder for AudioSet segment CSVs named in train/eval (front end runs on the fly)
     crop_frames: int = 0  # train on random crops of this many frames (0 = whole clips); evaluation sees whole clips
+    long_clips: str = "first"  # clips kept whole by a --max-seconds store: 'first' window, a 'random_crop' per epoch, or every window an item ('windows')
     workers: int = 4  # DataLoader worker processes per rank (0 = load in the training process)
     # --- optimisation --------------------------------------------------------------
     epochs: int = 60  # passes over the training data
@@ -60,7 +78,8 @@ class TrainConfig:
     # --- regularisation ------------------------------------------------------------
     mixup_alpha: float = 0.8  # mixup on every batch with λ ~ Beta(α, α) (0 = off)
     label_smoothing: float = 0.1  # targets become (1 - ε)·y + ε/C before mixup
-    specaugment: bool = False  # SpecAugment masks, time roll and gain on training log-mels (AugmentConfig defaults)
+    augment: str = "dcls_audio"  # 'dcls_audio' (the paper's: roll, speed perturbation, erasing before the mel scale; needs waveform data), 'specaugment' (masks, roll, gain on log-mels) or 'none'
+    augment_args: Dict[str, Any] = field(default_factory=dict)  # overrides of the augmentation's settings: DclsAudioAugmentConfig (audio_dcls.augment) or AugmentConfig (audio_dcls.features) fields, e.g. {speed_p: 0.3}
     ema_decay: float = 0.0  # keep an EMA of the weights (e.g. 0.9998; 0 = off); evaluated and released instead of the raw weights
     # --- execution -----------------------------------------------------------------
     seed: int = 0  # seeds init, data order, mixup, drop path and augmentation
@@ -77,27 +96,57 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps inside an epoch (0 = at epoch ends only)
     log_every: int = 20  # a log line every N optimizer steps
     release: bool = True  # write a release folder (what the service loads) at the end
-    release_dir: str = ""  # its path ('' = OUTPUT_DIR/release/{model}); the folder name is the service's model name
+    release_dir: str = ""  # its path ('' = OUTPUT_DIR/release/NAME); the folder name is the service's model name
+    name: str = ""  # the release's name ('' = {model}-{dataset}-seed{seed}), so releases of different runs never collide in one MODELS_DIR
+    dataset: str = ""  # short name of the training data in the release name ('' = from the train paths: the store or CSV folder, or the folder several parts share)
+
+    def resolved_dataset(self) -> str:
+        return self.dataset or dataset_name(self.train)
+
+    def resolved_name(self) -> str:
+        return _format_path(self.name or DEFAULT_RELEASE_NAME, self, "name", dataset=self.resolved_dataset())
+
+    def _folder_names(self) -> Dict[str, str]:
+        return {"dataset": self.resolved_dataset(), "name": self.resolved_name()}
 
     def resolved_output_dir(self) -> Path:
-        return Path(_format_path(self.output_dir, self, "output_dir"))
+        return Path(_format_path(self.output_dir, self, "output_dir", **self._folder_names()))
 
     def resolved_release_dir(self) -> Path:
         if self.release_dir:
-            return Path(_format_path(self.release_dir, self, "release_dir"))
-        return self.resolved_output_dir() / "release" / self.model
+            return Path(_format_path(self.release_dir, self, "release_dir", **self._folder_names()))
+        return self.resolved_output_dir() / "release" / self.resolved_name()
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
 # Settings that may change when a run is resumed: they do not alter the numbers.
-RESUMABLE_CHANGES = frozenset({"workers", "log_every", "checkpoint_every", "eval_every", "threads", "max_steps", "device", "compile", "release", "release_dir"})
+RESUMABLE_CHANGES = frozenset({"workers", "log_every", "checkpoint_every", "eval_every", "threads", "max_steps", "device", "compile", "release", "release_dir", "name", "dataset"})
+DEFAULT_RELEASE_NAME = "{model}-{dataset}-seed{seed}"
+FREEZE_MODES = re.compile(r"^(none|backbone|stages:([1-9][0-9]*))$")
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _format_path(template: str, cfg: TrainConfig, key: str) -> str:
+def dataset_name(train: Sequence[str]) -> str:
+    """A short name for the training data: one store folder's name (a CSV or pack: its
+    folder's), or the folder several parts share (data/stores/audioset/{balanced,unbalanced}_train
+    -> 'audioset'); letters, digits, '.', '_' and '-' only."""
+    if not train:
+        return "data"
+    paths = [Path(t) for t in train]
+
+    def own(p: Path) -> str:
+        return (p.parent.name or p.stem) if p.suffix.lower() in (".csv", ".h5", ".hdf5") else p.name
+
+    parents = {p.parent for p in paths}
+    name = own(paths[0]) if len(paths) == 1 or len(parents) != 1 else next(iter(parents)).name or own(paths[0])
+    return _NAME_CHARS.sub("_", name).strip("._-") or "data"
+
+
+def _format_path(template: str, cfg: TrainConfig, key: str, **extra: str) -> str:
     try:
-        return template.format(**{f.name: getattr(cfg, f.name) for f in fields(cfg)})
+        return template.format(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **extra}) if "{" in template else template
     except (KeyError, IndexError, ValueError) as e:
         raise ConfigError(f"{key}={template!r}: cannot fill in {e} (braces may only name config fields)") from None
 
@@ -107,17 +156,36 @@ FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
 def _type_name(tp) -> str:
+    """How ``--help-config`` writes a field's type: str, float, list[str], float | 'auto' | null."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, List):
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if origin in (dict, Dict):
+        return "mapping"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(key: str, value: Any, tp) -> Any:
     """Check ``value`` against the annotation ``tp``; returns the value in that type."""
     origin = typing.get_origin(tp)
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union:  # Optional[X], or X | Literal[...] | None
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        return _coerce(key, value, args[0])
+        for a in args:
+            try:
+                return _coerce(key, value, a)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -168,12 +236,29 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _read_legacy_keys(settings: Dict[str, Any], origin: str) -> Dict[str, Any]:
+    """Keys of earlier versions, read as their replacements: ``specaugment: true|false``
+    (before ``augment``) -> ``augment: specaugment|none``."""
+    if "specaugment" not in settings:
+        return settings
+    settings = dict(settings)
+    old = settings.pop("specaugment")
+    if not isinstance(old, bool):
+        raise ConfigError(f"{origin}: specaugment: expected true or false, got {old!r} (it is replaced by augment: dcls_audio|specaugment|none)")
+    if "augment" in settings:
+        raise ConfigError(f"{origin}: give augment only; specaugment is its old form")
+    settings["augment"] = "specaugment" if old else "none"
+    if origin != "saved config":
+        log.warning("%s: specaugment: %s is read as augment: %s (specaugment is replaced by augment: dcls_audio|specaugment|none)", origin, str(old).lower(), settings["augment"])
+    return settings
+
+
 def apply_settings(values: Dict[str, Any], settings: Dict[str, Any], origin: str) -> None:
     """Merge ``settings`` (from a recipe or overrides) into ``values`` with checking.
 
     Keys may be dotted into a mapping field: ``model_args.dims``.
     """
-    for key, value in settings.items():
+    for key, value in _read_legacy_keys(settings, origin).items():
         head, _, rest = str(key).partition(".")
         if head not in _HINTS:
             raise _unknown(head)
@@ -210,10 +295,19 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     need(0 <= cfg.drop_path < 1, f"drop_path must be in [0, 1), got {cfg.drop_path}")
     need(cfg.amp_dtype in ("bfloat16", "float16"), f"amp_dtype must be 'bfloat16' or 'float16', got {cfg.amp_dtype!r}")
+    need(cfg.augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
+    need(not cfg.augment_args or cfg.augment != "none", "augment_args are given but augment=none")
+    need(cfg.long_clips in LONG_CLIP_MODES, f"long_clips must be one of {', '.join(LONG_CLIP_MODES)}, got {cfg.long_clips!r}")
     need(cfg.crop_frames >= 0 and cfg.workers >= 0 and cfg.threads >= 0 and cfg.max_steps >= 0, "crop_frames, workers, threads and max_steps must be >= 0")
     need(cfg.eval_every >= 1 and cfg.log_every >= 1 and cfg.checkpoint_every >= 0, "eval_every and log_every must be >= 1, checkpoint_every >= 0")
     need(bool(cfg.train), "train is empty: name at least one feature store (train=[path,...])")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    need(FREEZE_MODES.match(cfg.freeze) is not None, f"freeze must be none, backbone or stages:N (N >= 1), got {cfg.freeze!r}")
+    need(cfg.head_lr_scale > 0 and cfg.backbone_lr_scale > 0, "head_lr_scale and backbone_lr_scale must be > 0 (to keep parts fixed, use freeze=)")
+    from audio_dcls.checkpoint import RELEASE_NAME
+
+    name = cfg.resolved_name()
+    need(RELEASE_NAME.match(name) is not None, f"name {name!r}: a release name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
     cfg.resolved_output_dir()
     cfg.resolved_release_dir()
 
@@ -268,3 +362,54 @@ def config_differences(old: TrainConfig, new: TrainConfig) -> List[str]:
     """Keys whose values differ, other than those allowed to change on resume."""
     a, b = old.to_dict(), new.to_dict()
     return [k for k in FIELD_NAMES if k not in RESUMABLE_CHANGES and a[k] != b[k]]
+
+
+def field_comments() -> Dict[str, str]:
+    """Each field's comment as written beside it in ``TrainConfig`` (the one place keys are documented)."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    source = textwrap.dedent(inspect.getsource(TrainConfig))
+    comments = {tok.start[0]: tok.string.lstrip("#").strip() for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    out: Dict[str, str] = {}
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            out[node.target.id] = comments.get(node.end_lineno, "")
+    return out
+
+
+def section_titles() -> Dict[str, str]:
+    """The section a field opens ('model', 'data', ...), keyed by the first field under each ``# --- x ---`` line."""
+    import inspect
+    import textwrap
+
+    lines = textwrap.dedent(inspect.getsource(TrainConfig)).splitlines()
+    out: Dict[str, str] = {}
+    pending = None
+    for line in lines:
+        m = re.match(r"\s*# --- (.+?) -+\s*$", line)
+        if m:
+            pending = m.group(1)
+            continue
+        f = re.match(r"\s*(\w+):", line)
+        if f and pending:
+            out[f.group(1)] = pending
+            pending = None
+    return out
+
+
+def describe_keys() -> str:
+    """Every config key with its type, default and comment (``--help-config``)."""
+    comments, sections = field_comments(), section_titles()
+    defaults = TrainConfig()
+    lines = ["Config keys (set them in a YAML recipe, or as key=value on the command line):"]
+    for f in fields(TrainConfig):
+        if f.name in sections:
+            lines += ["", f"# {sections[f.name]}"]
+        default = getattr(defaults, f.name)
+        lines.append(f"  {f.name}: {_type_name(_HINTS[f.name])} = {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}")
+        lines.append(f"      {comments.get(f.name) or '(undocumented)'}")
+    return "\n".join(lines)

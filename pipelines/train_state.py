@@ -3,18 +3,23 @@
 :class:`RunState` holds the model, optimizer, schedule, AMP scaler, EMA and the step
 counters; ``state_dict()`` / ``load_state_dict()`` are what a checkpoint saves and a
 resume restores. :class:`StepRecipe` is what one optimizer step does (accumulation,
-label smoothing, mixup, crops, clipping, AMP), read once from the config.
+label smoothing, mixup, clipping, AMP), read once from the config; the front end and
+augmentation that turn a raw batch into model input are the run's
+:class:`~pipelines.model_input.ModelInput`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from audio_dcls.features import LogMelConfig
 from audio_dcls.model_factory import ModelBuildError, build_model
+from pipelines.model_input import training_input
+from pipelines.model_parts import FrozenParts, ModelPartsError, classifier_layer, freeze_parts
 from pipelines.optim import WarmupCosine, build_optimizer
 from pipelines.train_config import ConfigError, TrainConfig
 
@@ -35,9 +40,23 @@ def release_model_args(cfg: TrainConfig, num_classes: int) -> Dict[str, Any]:
     return kw
 
 
-def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+AUTO_BIAS_CLIP = 1e-4  # head_bias_init=auto: class rates are clipped to [1e-4, 1 - 1e-4] (logits within ±9.21)
+
+
+def auto_head_bias(label_rate: np.ndarray, label_smoothing: float) -> torch.Tensor:
+    """Per class, the logit of the mean training target -- (1 - ε)·rate + ε/C, what label smoothing
+    makes of the class's rate in the training set -- clipped: the best constant prediction under
+    the training loss, so the first steps learn the sounds instead of the priors."""
+    rate = np.asarray(label_rate, dtype=np.float64)
+    p = (1.0 - label_smoothing) * rate + label_smoothing / len(rate)
+    p = np.clip(p, AUTO_BIAS_CLIP, 1.0 - AUTO_BIAS_CLIP)
+    return torch.from_numpy(np.log(p / (1.0 - p))).float()
+
+
+def build_training_model(cfg: TrainConfig, num_classes: int, label_rate: Optional[np.ndarray] = None) -> nn.Module:
     """audio_dcls.model_factory.build_model with the training-only arguments layered on:
-    drop path, and the classifier bias prior ``head_bias_init``."""
+    drop path, and the classifier bias prior ``head_bias_init`` (``auto`` needs
+    ``label_rate``, the (C,) fraction of training clips carrying each class)."""
     kw = release_model_args(cfg, num_classes)
     kw.setdefault("drop_path_rate", cfg.drop_path)
     try:
@@ -45,13 +64,21 @@ def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     except ModelBuildError as e:
         raise ConfigError(f"model: {e}") from None
     if cfg.head_bias_init is not None:
-        # Starting every class at p = 0.5 costs the first few hundred steps on 500+ mostly
-        # negative classes (and inflates Adam's second moments); a prior logit avoids it.
-        head = model.get_classifier()
-        if getattr(head, "bias", None) is None:
+        # Starting every class at p = 0.5 costs the first few hundred steps on mostly negative
+        # classes (and inflates Adam's second moments); a prior logit avoids it.
+        try:
+            _, head = classifier_layer(model)
+        except ModelPartsError as e:
+            raise ConfigError(f"head_bias_init: {e}") from None
+        if head.bias is None:
             raise ConfigError(f"head_bias_init: {cfg.model} has no classifier bias")
         with torch.no_grad():
-            head.bias.fill_(cfg.head_bias_init)
+            if cfg.head_bias_init == "auto":
+                if label_rate is None or len(label_rate) != num_classes:
+                    raise ConfigError("head_bias_init=auto needs the training set's label frequencies")
+                head.bias.copy_(auto_head_bias(label_rate, cfg.label_smoothing))
+            else:
+                head.bias.fill_(cfg.head_bias_init)
     return model
 
 
@@ -61,7 +88,6 @@ class StepRecipe:
     accum: int  # micro-batches per optimizer step on each process
     label_smoothing: float  # targets -> (1 - eps)·y + eps/C
     mixup_alpha: float  # lambda ~ Beta(alpha, alpha) per micro-batch (0 = off)
-    crop_frames: int  # random crops of this many frames (0 = whole clips)
     clip_grad: float  # global gradient-norm clip (0 = off)
     clamp_positions: bool  # keep DCLS tap centres inside their grid after each step
     channels_last: bool  # NHWC inputs
@@ -75,7 +101,6 @@ class StepRecipe:
             accum=accum,
             label_smoothing=cfg.label_smoothing,
             mixup_alpha=cfg.mixup_alpha,
-            crop_frames=cfg.crop_frames,
             clip_grad=cfg.clip_grad,
             clamp_positions=cfg.clamp_positions,
             channels_last=cfg.channels_last,
@@ -89,11 +114,13 @@ class RunState:
 
     ``epoch`` / ``step_in_epoch`` say where the run goes on: the next optimizer step is
     step ``step_in_epoch`` of epoch ``epoch``. ``train_model`` is what the forward pass
-    calls -- the model itself, or its DDP / torch.compile wrapper -- and ``augment`` the
-    optional log-mel augmentation; neither is state. ``world`` is the number of processes.
+    calls -- the model itself, or its DDP / torch.compile wrapper -- and ``inputs`` what
+    turns a raw batch on the device into model input (a ModelInput: front end,
+    augmentation, crops; None: the batch is already log-mels, cast to float32); neither
+    is state. ``world`` is the number of processes.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: WarmupCosine, recipe: StepRecipe, device: torch.device, scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, augment: Optional[nn.Module] = None, world: int = 1):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: WarmupCosine, recipe: StepRecipe, device: torch.device, scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, inputs: Optional[nn.Module] = None, world: int = 1, frozen: Optional[FrozenParts] = None):
         self.model = model
         self.train_model = model
         self.optimizer = optimizer
@@ -102,8 +129,10 @@ class RunState:
         self.ema = ema
         self.recipe = recipe
         self.device = device
-        self.augment = augment
+        self.inputs = inputs
         self.world = world
+        self.frozen = frozen if frozen is not None else FrozenParts("none")  # kept in eval mode by train_step
+        self.init_summary = None  # what init_from loaded (pipelines.init_from.InitSummary), fresh runs only
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
@@ -140,12 +169,33 @@ class RunState:
         self.epoch, self.step_in_epoch, self.global_step = int(d["epoch"]), int(d["step_in_epoch"]), int(d["global_step"])
 
 
-def build_run_state(cfg: TrainConfig, num_classes: int, device: torch.device, steps_per_epoch: int, accum: int, db_per_unit: float = LogMelConfig.std, world: int = 1) -> RunState:
-    """A fresh run: model initialised from ``cfg.seed``, optimizer, warmup-cosine schedule
-    over ``cfg.epochs`` epochs, EMA, scaler and augmentation (``db_per_unit``: the front
-    end's dB per normalised unit) as configured."""
+def build_run_state(
+    cfg: TrainConfig,
+    num_classes: int,
+    device: torch.device,
+    steps_per_epoch: int,
+    accum: int,
+    frontend: LogMelConfig = LogMelConfig(),
+    item_kind: str = "logmel",
+    world: int = 1,
+    label_rate: Optional[np.ndarray] = None,
+    initialise: Optional[Callable[[nn.Module], Any]] = None,
+) -> RunState:
+    """A fresh run: model initialised from ``cfg.seed`` (then ``initialise(model)``, e.g. the
+    ``init_from`` weights, whose result is kept as ``state.init_summary``), the ``freeze``
+    setting applied, optimizer over what is left to train, warmup-cosine schedule over
+    ``cfg.epochs`` epochs, EMA, scaler, and the model input (front end ``frontend`` for data
+    of ``item_kind``, augmentation) on ``device``, as configured. ``label_rate``: for
+    ``head_bias_init=auto``."""
+    inputs = training_input(cfg, frontend, item_kind).to(device)
     torch.manual_seed(cfg.seed)
-    model = build_training_model(cfg, num_classes).to(device)
+    model = build_training_model(cfg, num_classes, label_rate)
+    summary = initialise(model) if initialise is not None else None
+    try:
+        frozen = freeze_parts(model, cfg.freeze)
+    except ModelPartsError as e:
+        raise ConfigError(str(e)) from None
+    model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
@@ -158,9 +208,6 @@ def build_run_state(cfg: TrainConfig, num_classes: int, device: torch.device, st
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     recipe = StepRecipe.from_config(cfg, accum, device)
     scaler = torch.amp.GradScaler("cuda", enabled=recipe.use_amp and recipe.amp_dtype == torch.float16)
-    augment = None
-    if cfg.specaugment:
-        from audio_dcls.features import AugmentConfig, LogMelAugment
-
-        augment = LogMelAugment(AugmentConfig(), db_per_unit=db_per_unit).train()
-    return RunState(model, optimizer, schedule, recipe, device, scaler, ema, augment, world)
+    state = RunState(model, optimizer, schedule, recipe, device, scaler, ema, inputs, world, frozen)
+    state.init_summary = summary
+    return state

@@ -1,8 +1,11 @@
 """One optimizer step: micro-batches in, gradients accumulated, weights updated.
 
 :func:`train_step` can be called on its own (a notebook, a test): it needs only a
-:class:`~pipelines.train_state.RunState` and the step's micro-batches. Every random
-draw of a micro-batch -- crop offsets, SpecAugment, mixup lambda, drop path -- comes
+:class:`~pipelines.train_state.RunState` and the step's micro-batches, as the
+DataLoader delivers them (int16 waveforms or fp16 log-mels). Each micro-batch moves to
+the device as it is; there the run's ModelInput (augmentation, front end, crops) makes
+the log-mels, then label smoothing and mixup, then the model. Every random draw of a
+micro-batch -- augmentation parameters, crop offsets, mixup lambda, drop path -- comes
 from generators seeded with (seed, epoch, step, micro-batch index); torch's global
 RNG is forked around the micro-batch, so the caller's RNG state is left as it was.
 """
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audio_dcls.augment import mixup, smooth_labels
 from pipelines.distributed import mean_over_ranks
 from pipelines.sampling import derive_seed
 from pipelines.train_state import RunState, StepRecipe
@@ -30,7 +34,7 @@ class NonFiniteLoss(RuntimeError):
 @dataclass
 class MicroBatch:
     index: int  # m = a·world + rank: its place in the global batch (seeds its randomness)
-    x: Optional[torch.Tensor]  # (B, 1, F, T) log-mels; None when every clip was skipped
+    x: Optional[torch.Tensor]  # as loaded: (B, L) int16 waveforms or (B, 1, F, T) fp16 log-mels; None when every clip was skipped
     y: Optional[torch.Tensor]  # (B, C) multi-hot targets
 
 
@@ -39,25 +43,6 @@ class StepResult:
     loss: float  # mean training loss of the step over all processes
     lr: float  # base learning rate of the step (before each group's lr_scale)
     clips: int  # clips this process trained on
-
-
-def smooth_labels(y: torch.Tensor, eps: float) -> torch.Tensor:
-    """(1 − ε)·y + ε/C (the paper: 0.9·y + 0.1/C)."""
-    return y * (1.0 - eps) + eps / y.shape[-1] if eps > 0 else y
-
-
-def mixup(x: torch.Tensor, y: torch.Tensor, lam: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mix each clip with the batch reversed: λ·x + (1 − λ)·x.flip(0), same for targets."""
-    return x * lam + x.flip(0) * (1.0 - lam), y * lam + y.flip(0) * (1.0 - lam)
-
-
-def random_crop(x: torch.Tensor, frames: int, generator: torch.Generator) -> torch.Tensor:
-    """A random window of ``frames`` time frames per clip; (B, 1, F, T) -> (B, 1, F, frames)."""
-    T = x.shape[-1]
-    if frames <= 0 or frames >= T:
-        return x
-    starts = torch.randint(0, T - frames + 1, (x.shape[0],), generator=generator)
-    return torch.stack([x[i, ..., s : s + frames] for i, s in enumerate(starts.tolist())])
 
 
 def clamp_dcls_positions(model: nn.Module) -> None:
@@ -84,17 +69,15 @@ def micro_batch_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def prepare_micro_batch(x: torch.Tensor, y: torch.Tensor, recipe: StepRecipe, augment: Optional[nn.Module], generator: torch.Generator, lam_rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Crop, augment, smooth and mix one micro-batch (on the CPU, before it moves)."""
-    x = x.float()
-    if recipe.crop_frames:
-        x = random_crop(x, recipe.crop_frames, generator)
-    if augment is not None:
-        x = augment(x, generator=generator)
-    y = smooth_labels(y.float(), recipe.label_smoothing)
-    if recipe.mixup_alpha > 0:
-        x, y = mixup(x, y, float(lam_rng.beta(recipe.mixup_alpha, recipe.mixup_alpha)))
-    return x, y
+def prepare_micro_batch(x: torch.Tensor, y: torch.Tensor, recipe: StepRecipe, inputs: Optional[nn.Module], generator: torch.Generator, lam_rng: np.random.Generator, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Move one micro-batch to ``device`` as loaded, then there: model input (front end,
+    augmentation, crops), label smoothing and mixup."""
+    x = x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True).float()
+    x = inputs(x, generator=generator) if inputs is not None else x.float()  # (B, 1, F, T)
+    if recipe.mixup_alpha <= 0:
+        return x, smooth_labels(y, recipe.label_smoothing)
+    return mixup(x, y, float(lam_rng.beta(recipe.mixup_alpha, recipe.mixup_alpha)), recipe.label_smoothing)
 
 
 def _micro_batch_backward(state: RunState, mb: MicroBatch, sync: bool) -> torch.Tensor:
@@ -104,9 +87,7 @@ def _micro_batch_backward(state: RunState, mb: MicroBatch, sync: bool) -> torch.
     with micro_batch_rng(seed, state.device):
         gen = torch.Generator().manual_seed(seed ^ 0x9E3779B9)
         lam_rng = np.random.default_rng([r.seed, state.epoch, state.step_in_epoch, mb.index, 1])
-        x, y = prepare_micro_batch(mb.x, mb.y, r, state.augment, gen, lam_rng)
-        x = x.to(state.device, non_blocking=True)
-        y = y.to(state.device, non_blocking=True)
+        x, y = prepare_micro_batch(mb.x, mb.y, r, state.inputs, gen, lam_rng, state.device)
         if r.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # DDP all-reduces the gradients on the last micro-batch only
@@ -128,6 +109,7 @@ def train_step(state: RunState, micro_batches: Sequence[MicroBatch]) -> StepResu
     if len(micro_batches) != r.accum:
         raise ValueError(f"train_step: {len(micro_batches)} micro-batches given, the recipe accumulates {r.accum}")
     lr = state.schedule.step_update(state.global_step)
+    state.frozen.set_eval()  # frozen parts never train: no dropout, no drop path, BatchNorm statistics fixed
     step_loss = torch.zeros((), dtype=torch.float64, device=state.device)
     clips = 0
     for a, mb in enumerate(micro_batches):

@@ -100,6 +100,7 @@ def create_app(settings: Optional[Settings] = None, *, release_loader: Callable[
         swagger_ui_parameters={"persistAuthorization": True, "tryItOutEnabled": True},
         openapi_tags=[
             {"name": "tagging", "description": "upload audio, get tags"},
+            {"name": "embeddings", "description": "upload audio, get the model's embedding of it"},
             {"name": "models", "description": "the models served and their labels"},
             {"name": "health", "description": "probes and metrics"},
         ],

@@ -1,7 +1,10 @@
 """Dynamic micro-batching: one inference thread per model, fed by a bounded queue.
 
 A request becomes one :class:`TagJob`: its decoded waveform (zero-padded so
-every window is whole) and the start sample of each analysis window. The
+every window is whole) and the start sample of each analysis window. One
+forward pass gives every window its class scores and its embedding, so
+tagging (POST /v1/tag) and embedding (POST /v1/embed) requests share
+batches. The
 worker thread takes jobs off the queue and cuts batches of at most
 ``max_batch_size`` *windows*, mixing windows of several jobs; once it holds
 some work it waits at most ``max_wait_ms`` for more before running a partial
@@ -28,7 +31,7 @@ import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Callable, Deque, List, Optional, Sequence
+from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -68,6 +71,7 @@ class TagJob:
     window: int  # window length in samples
     future: Future = field(default_factory=Future)  # set to `scores` once every window has run
     scores: Optional[np.ndarray] = None  # (W, C) filled window by window
+    embeddings: Optional[np.ndarray] = None  # (W, D) likewise, from the same forward passes
     next_window: int = 0  # first window not yet handed to a batch
     done_windows: int = 0
     submitted_at: float = 0.0  # time.perf_counter() values, for the timing block of the response
@@ -84,12 +88,13 @@ class TagJob:
 
 
 class BatchWorker:
-    """Runs ``infer`` (float32 (B, window) waveforms -> float32 (B, C) scores) on batches of windows."""
+    """Runs ``infer`` on batches of windows: float32 (B, window) waveforms -> (scores (B, C), embeddings (B, D)),
+    e.g. :meth:`audio_dcls.inference.PreparedRelease.infer`."""
 
     def __init__(
         self,
         name: str,
-        infer: Callable[[torch.Tensor], torch.Tensor],
+        infer: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
         max_batch_size: int,
         max_wait_ms: float,
         queue_size: int,
@@ -241,10 +246,11 @@ class BatchWorker:
                 job.first_batch_at = started
         try:
             batch = torch.stack([job.waveform[job.starts[i] : job.starts[i] + job.window] for job, i in members])  # (B, window)
-            scores = self.infer(batch)  # (B, C)
-            scores = scores.detach().to("cpu", torch.float32).numpy()
-            if scores.shape[0] != len(members) or not np.isfinite(scores).all():
-                raise RuntimeError(f"model returned {'non-finite scores' if scores.shape[0] == len(members) else f'shape {scores.shape}'}")
+            scores, embeddings = (t.detach().to("cpu", torch.float32).numpy() for t in self.infer(batch))  # (B, C), (B, D)
+            if scores.shape[0] != len(members) or embeddings.shape[0] != len(members):
+                raise RuntimeError(f"model returned shapes {scores.shape} and {embeddings.shape} for {len(members)} windows")
+            if not (np.isfinite(scores).all() and np.isfinite(embeddings).all()):
+                raise RuntimeError("model returned non-finite scores or embeddings")
         except Exception as e:
             log.exception("inference worker %s: batch of %d windows failed", self.name, len(members))
             failed = {id(job): job for job, _ in members}
@@ -262,7 +268,9 @@ class BatchWorker:
         for row, (job, i) in enumerate(members):
             if job.scores is None:
                 job.scores = np.empty((job.num_windows, scores.shape[1]), np.float32)
+                job.embeddings = np.empty((job.num_windows, embeddings.shape[1]), np.float32)
             job.scores[i] = scores[row]
+            job.embeddings[i] = embeddings[row]
             job.done_windows += 1
             job.compute_s += per_window
             if job.done_windows == job.num_windows:

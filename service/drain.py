@@ -5,9 +5,10 @@ SIGKILL. Between the two the service *drains*:
 
 * at once, ``/health/ready`` answers 503 (``shutting_down``) so the load
   balancer stops sending traffic, and every new upload (``POST`` to a route
-  with a body limit: ``/v1/tag``, ``/v1/tag/batch``) gets 503 with
-  ``Retry-After`` and ``Connection: close``; the socket stays open meanwhile,
-  so nobody sees a refused connection;
+  with a body limit: ``/v1/tag``, ``/v1/tag/batch``, ``/v1/embed``) gets 503
+  with ``Retry-After``; the socket stays open meanwhile, so nobody sees a
+  refused connection (nor ``Connection: close``: closing with the upload still
+  arriving would reset the connection before the client reads the 503);
 * requests already in flight go on: uploads are read, decoded and tagged;
 * once none is left, or ``DRAIN_SECONDS`` have passed, the process exits with
   status 0 (uvicorn closes the sockets, the workers stop). At the deadline a
@@ -107,7 +108,7 @@ class DrainMiddleware:
                 503,
                 "shutting_down",
                 "this instance is shutting down and takes no new uploads; retry (another instance will answer)",
-                {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"},
+                {"Retry-After": str(RETRY_AFTER_S)},
             )
             await response(scope, receive, send)
             return

@@ -40,8 +40,10 @@ class BodyLimit:
 def body_limits(settings: Settings) -> Dict[str, BodyLimit]:
     """Path of each POST route that takes a body -> its limit."""
     one, files = settings.max_upload_bytes, settings.max_batch_files
+    single = BodyLimit(one + MULTIPART_OVERHEAD, f"one file of at most MAX_UPLOAD_BYTES={one} bytes ({human_size(one)}) plus {human_size(MULTIPART_OVERHEAD)} of form fields")
     return {
-        "/v1/tag": BodyLimit(one + MULTIPART_OVERHEAD, f"one file of at most MAX_UPLOAD_BYTES={one} bytes ({human_size(one)}) plus {human_size(MULTIPART_OVERHEAD)} of form fields"),
+        "/v1/tag": single,
+        "/v1/embed": single,
         "/v1/tag/batch": BodyLimit(
             one * files + MULTIPART_OVERHEAD,
             f"MAX_BATCH_FILES={files} files of at most MAX_UPLOAD_BYTES={one} bytes ({human_size(one)}) each plus {human_size(MULTIPART_OVERHEAD)} of form fields",

@@ -1,12 +1,14 @@
 """The models a service instance serves: every release folder under ``MODELS_DIR``.
 
-Loading a release goes through :func:`audio_dcls.checkpoint.load_release`
-(safetensors weights, YAML config, CSV labels: nothing is unpickled), then
-:func:`audio_dcls.models.prepare_for_inference` (DCLS kernels folded into plain
-convolutions, FastViT branches merged), then a warm-up pass at the batch sizes
-the worker will use. Only after every folder has been tried does the registry
-report ready; a folder that fails to load is logged and listed under
-``failed`` and the others are served.
+Loading a release goes through :func:`audio_dcls.inference.prepare_release`
+(:func:`audio_dcls.checkpoint.load_release` -- safetensors weights, YAML
+config, CSV labels: nothing is unpickled -- then
+:func:`audio_dcls.models.prepare_for_inference`: DCLS kernels folded into
+plain convolutions, FastViT branches merged, behind the release's front end),
+the very path the Python :class:`audio_dcls.Tagger` takes, then a warm-up
+pass at the batch sizes the worker will use. Only after every folder has been
+tried does the registry report ready; a folder that fails to load is logged
+and listed under ``failed`` and the others are served.
 
 Model names are the folder names, checked against
 :data:`audio_dcls.checkpoint.RELEASE_NAME`; a request's model name is only ever
@@ -23,10 +25,9 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from audio_dcls.device import resolve_device
 from audio_dcls.checkpoint import RELEASE_NAME, Release, ReleaseError, load_release
-from audio_dcls.features import LogMel
-from audio_dcls.models import prepare_for_inference
+from audio_dcls.inference import ModelOutput, PreparedRelease, WaveformModel, prepare_release
+from audio_dcls.windowing import MIN_WINDOW_S
 
 from .batching import BatchWorker
 from .metrics import ServiceMetrics
@@ -34,35 +35,26 @@ from .settings import Settings
 
 log = logging.getLogger("service.registry")
 
-# Shortest and longest analysis windows a request may ask for. Below ~1.3 s the
-# 16x-strided stem and three 2x downsamplings leave nothing of the time axis.
-MIN_WINDOW_S = 2.0
-MAX_WINDOW_S = 60.0
 POPULATED_KEY = "populated_classes"  # in a release's training summary: label indices with >= 1 positive training clip
-
-
-class Tagger(torch.nn.Module):
-    """Waveforms (B, samples) at the release's rate -> class probabilities (B, C)."""
-
-    def __init__(self, frontend: LogMel, model: torch.nn.Module):
-        super().__init__()
-        self.frontend = frontend
-        self.model = model
-
-    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        x = self.frontend(waveforms)  # (B, 1, n_mels, T)
-        return torch.sigmoid(self.model(x))  # (B, C)
 
 
 @dataclass
 class LoadedModel:
-    release: Release
-    tagger: Tagger
+    prepared: PreparedRelease  # the release, its prepared model behind its front end
     worker: BatchWorker
-    device: torch.device
     load_seconds: float
-    num_parameters: int  # of the model as trained (DCLS weights + positions), the figure papers quote
-    num_parameters_inference: int  # after folding/reparameterisation (dense kernels)
+
+    @property
+    def release(self) -> Release:
+        return self.prepared.release
+
+    @property
+    def waveform_model(self) -> WaveformModel:
+        return self.prepared.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.prepared.device
 
     @property
     def name(self) -> str:
@@ -70,11 +62,14 @@ class LoadedModel:
 
     @property
     def sample_rate(self) -> int:
-        return self.release.frontend.sample_rate
+        return self.prepared.sample_rate
 
-    def infer(self, waveforms: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.tagger(waveforms.to(self.device, non_blocking=True))
+    @property
+    def embedding_dim(self) -> int:
+        return self.prepared.embedding_dim
+
+    def infer(self, waveforms: torch.Tensor) -> ModelOutput:
+        return self.prepared.infer(waveforms)
 
     def summary(self) -> dict:
         r = self.release
@@ -82,8 +77,9 @@ class LoadedModel:
             "name": r.name,
             "arch": r.arch,
             "num_classes": len(r.labels),
-            "num_parameters": self.num_parameters,
-            "num_parameters_inference": self.num_parameters_inference,
+            "num_parameters": self.prepared.num_parameters,
+            "num_parameters_inference": self.prepared.num_parameters_inference,
+            "embedding_dim": self.embedding_dim,
             "label_source": r.label_source,
             "sample_rate": r.frontend.sample_rate,
             "clip_seconds": r.frontend.clip_seconds,
@@ -99,6 +95,7 @@ class LoadedModel:
                 "frontend": r.frontend.to_dict(),
                 "training": {k: v for k, v in training.items() if k != POPULATED_KEY},
                 "populated_classes": populated_classes(training, len(r.labels)),
+                "source": _jsonable(r.source) if r.source else None,
                 "device": str(self.device),
                 "batching": {
                     "max_batch_size": self.worker.max_batch_size,
@@ -245,7 +242,7 @@ class ModelRegistry:
             else:
                 self.models[loaded.name] = loaded
                 self.metrics.models_loaded.set(len(self.models))
-                log.info("model %s ready (%s, %.2fM parameters, %.1f s)", loaded.name, loaded.release.arch, loaded.num_parameters / 1e6, loaded.load_seconds)
+                log.info("model %s ready (%s, %.2fM parameters, %.1f s)", loaded.name, loaded.release.arch, loaded.prepared.num_parameters / 1e6, loaded.load_seconds)
             self.progress = (i + 1, len(folders))
         if not self.models:
             self.state = "failed"
@@ -266,49 +263,38 @@ class ModelRegistry:
     def load_one(self, folder: Path) -> LoadedModel:
         s = self.settings
         t0 = time.perf_counter()
-        device = resolve_device(s.device)
-        release = self.release_loader(folder, device=device)
-        trained_parameters = release.num_parameters
-        model = prepare_for_inference(release.model)
-        release.model = model
-        frontend = LogMel(release.frontend).to(device).eval()
-        tagger = Tagger(frontend, model).eval()
-        loaded = LoadedModel(
-            release=release,
-            tagger=tagger,
-            worker=None,  # type: ignore[arg-type]  (started below, after the warm-up)
-            device=device,
-            load_seconds=0.0,
-            num_parameters=trained_parameters,
-            num_parameters_inference=sum(p.numel() for p in model.parameters()),
-        )
+        prepared = prepare_release(folder, s.device, release_loader=self.release_loader)
         if s.warmup:
-            self._warm_up(loaded)
+            self._warm_up(prepared)
+        name = prepared.release.name
         worker = BatchWorker(
-            release.name,
-            loaded.infer,
+            name,
+            prepared.infer,
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_wait_ms,
             queue_size=s.queue_size,
             torch_threads=s.torch_threads,
-            on_batch=self.metrics.batch_observer(release.name),
+            on_batch=self.metrics.batch_observer(name),
             incoming=self.incoming,
         )
-        loaded.worker = worker.start()
-        self.metrics.watch_worker(release.name, worker)
+        loaded = LoadedModel(prepared=prepared, worker=worker.start(), load_seconds=0.0)
+        self.metrics.watch_worker(name, worker)
         loaded.load_seconds = time.perf_counter() - t0
         return loaded
 
     @staticmethod
-    def _warm_up(loaded: LoadedModel) -> None:
+    def _warm_up(prepared: PreparedRelease) -> None:
         """First passes allocate and pick kernels; pay for them before the first user does.
 
         Also proves the model runs at the shortest window a request may ask for.
         """
-        sr = loaded.sample_rate
-        clip = int(round(loaded.release.frontend.clip_seconds * sr))
+        sr, name = prepared.sample_rate, prepared.release.name
+        clip = int(round(prepared.release.frontend.clip_seconds * sr))
         shortest = int(round(MIN_WINDOW_S * sr))
+        expected = (len(prepared.labels), prepared.embedding_dim)
         for batch, samples in ((1, clip), (2, clip), (1, shortest)):
-            out = loaded.infer(torch.zeros(batch, samples))
-            if out.shape != (batch, len(loaded.release.labels)) or not torch.isfinite(out).all():
-                raise ReleaseError(f"{loaded.name}: warm-up gave output {tuple(out.shape)} (expected ({batch}, {len(loaded.release.labels)}), finite)")
+            scores, embeddings = prepared.infer(torch.zeros(batch, samples))
+            if scores.shape != (batch, expected[0]) or embeddings.shape != (batch, expected[1]) or not (torch.isfinite(scores).all() and torch.isfinite(embeddings).all()):
+                raise ReleaseError(
+                    f"{name}: warm-up gave outputs {tuple(scores.shape)} and {tuple(embeddings.shape)} (expected ({batch}, {expected[0]}) and ({batch}, {expected[1]}), finite)"
+                )

@@ -84,7 +84,7 @@ class Readiness(_Body):
 # --- models and labels --------------------------------------------------------------------------
 class Label(_Body):
     index: int = Field(description="position in every score vector", examples=[0])
-    mid: str = Field(description="AudioSet ontology id", examples=["/m/09x0r"])
+    mid: str = Field(description="AudioSet ontology id; empty for a class of a custom vocabulary that is not an AudioSet class", examples=["/m/09x0r"])
     name: str = Field(description="display name", examples=["Speech"])
 
 
@@ -95,6 +95,7 @@ class ModelSummary(_Body):
     num_parameters: int = Field(description="parameters as trained (DCLS weights and positions): the figure papers quote", examples=[28_590_000])
     num_parameters_inference: int = Field(description="parameters after folding DCLS kernels into dense convolutions", examples=[28_700_000])
     label_source: str = Field(description="where the vocabulary comes from", examples=["audioset-527"])
+    embedding_dim: int = Field(description="length of the embeddings POST /v1/embed returns (the vector the classifier reads)", examples=[768])
     sample_rate: int = Field(description="Hz; uploads are resampled to this", examples=[32000])
     clip_seconds: float = Field(description="clip length the model was trained on", examples=[10.0])
 
@@ -135,6 +136,11 @@ class ModelDetails(ModelSummary):
         description="indices of the labels with at least one positive clip in the training data, when the release records them (null when it does not)",
         examples=[[0, 1, 74, 137]],
     )
+    source: Optional[Dict[str, Any]] = Field(
+        description="where the weights come from when they were not trained here (pipelines.import_checkpoint: file, URL, SHA-256, "
+        "the paper's reported mAP, ...); null for a release trained here",
+        examples=[{"kind": "dcls-audio-checkpoint", "file": "convnext_dcls_audio_tiny.pth", "sha256": "9f2c...", "reported_map": 45.52}],
+    )
     device: str = Field(examples=["cpu"])
     batching: BatchingSettings
     labels: List[Label]
@@ -174,7 +180,7 @@ class Tag(Label):
 class Window(_Body):
     index: int
     start_s: float = Field(description="where the window starts in the file, seconds")
-    end_s: float = Field(description="where it ends (the file's end for the last, zero-padded window)")
+    end_s: float = Field(description="where it ends: start_s + window_s, or the file's end for a file shorter than one window (zero-padded)")
     tags: List[Tag] = Field(description="this window's `window_top_k` best tags, best first")
     tag_scores: List[float] = Field(description="this window's score for each of the clip's `tags`, in their order: a class x time map of the clip's top classes")
 
@@ -197,7 +203,7 @@ _TAG_EXAMPLE = {
     "scores": [0.0123, 0.0009, 0.0031],
     "windows": [
         {"index": 0, "start_s": 0.0, "end_s": 10.0, "tags": [{"index": 74, "mid": "/m/0bt9lr", "name": "Dog", "score": 0.91}], "tag_scores": [0.91, 0.84]},
-        {"index": 1, "start_s": 5.0, "end_s": 12.5, "tags": [{"index": 75, "mid": "/m/05tny_", "name": "Bark", "score": 0.79}], "tag_scores": [0.62, 0.79]},
+        {"index": 1, "start_s": 2.5, "end_s": 12.5, "tags": [{"index": 75, "mid": "/m/05tny_", "name": "Bark", "score": 0.79}], "tag_scores": [0.62, 0.79]},
     ],
     "warnings": [],
     "timing": {"decode_ms": 3.1, "queue_ms": 0.4, "inference_ms": 38.2, "total_ms": 44.0},
@@ -219,6 +225,8 @@ class TagResult(_Body):
     tags: List[Tag] = Field(description="the clip's top_k best classes (only those >= threshold when given), best first")
     scores: List[float] = Field(None, description="every class's clip score (its maximum over the windows), in label order (GET /v1/labels); with `include=scores` (the default)")
     windows: List[Window] = Field(None, description="the analysis windows in time order; with `include=windows` (the default)")
+    embedding_dim: int = Field(None, description="length of `embedding`; with `include=embedding`")
+    embedding: List[float] = Field(None, description="the clip's embedding as POST /v1/embed returns it (the mean of its windows'); with `include=embedding`")
     warnings: List[str] = Field(
         description="what the decoder found wrong with a file it could still use, `<kind>: <sentence>` (kinds: truncated, damaged, header, format_change); empty for a sound file",
         examples=[["truncated: the header announces 29,102 bytes of audio but only 29,020 are present"]],
@@ -249,3 +257,52 @@ class BatchTagResponse(_Body):
 
     model: str
     results: List[Union[BatchFileResult, BatchFileError]]
+
+
+# --- embeddings -----------------------------------------------------------------------------------------
+class EmbeddingWindow(_Body):
+    index: int
+    start_s: float = Field(description="where the window starts in the file, seconds")
+    end_s: float = Field(description="where it ends: start_s + window_s, or the file's end for a file shorter than one window (zero-padded)")
+    embedding: Optional[List[float]] = Field(None, description="this window's embedding (only with per_window=true; absent otherwise)")
+
+
+_EMBED_EXAMPLE = {
+    "model": "convnext_tiny_dcls_audio",
+    "filename": "dog_bark.wav",
+    "duration_s": 12.5,
+    "sample_rate": 32000,
+    "window_s": 10.0,
+    "hop_s": 5.0,
+    "num_windows": 2,
+    "embedding_dim": 768,
+    "embedding": [0.312, -1.204, 0.057],
+    "windows": [
+        {"index": 0, "start_s": 0.0, "end_s": 10.0, "embedding": [0.298, -1.187, 0.061]},
+        {"index": 1, "start_s": 2.5, "end_s": 12.5, "embedding": [0.326, -1.221, 0.053]},
+    ],
+    "warnings": [],
+    "timing": {"decode_ms": 3.1, "queue_ms": 0.4, "inference_ms": 38.2, "total_ms": 44.0},
+}
+
+
+class EmbedResponse(_Body):
+    """One file's embedding: the mean over its windows of the vector the model's classifier reads."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EMBED_EXAMPLE]})
+
+    model: str
+    filename: Optional[str] = Field(description="the uploaded file's name, as sent")
+    duration_s: float = Field(description="the decoded audio's duration")
+    sample_rate: int = Field(description="the rate the audio was resampled to (the model's)")
+    window_s: float
+    hop_s: float
+    num_windows: int
+    embedding_dim: int = Field(description="length of every embedding (768 ConvNeXt-T, 512 ConvFormer-S18, 1024 FastViT-SA24)")
+    embedding: List[float] = Field(description="the clip's embedding: the mean of its windows' embeddings")
+    windows: List[EmbeddingWindow] = Field(description="where each window lies; each carries its embedding with per_window=true")
+    warnings: List[str] = Field(
+        description="what the decoder found wrong with a file it could still use, `<kind>: <sentence>` (kinds: truncated, damaged, header, format_change); empty for a sound file",
+        examples=[["truncated: the header announces 29,102 bytes of audio but only 29,020 are present"]],
+    )
+    timing: Timing

@@ -17,9 +17,7 @@ from audio_dcls.audio import (
     load_audio,
     load_audio_tensor,
     load_audio_with_rate,
-    num_windows,
     pad_or_trim,
-    windows,
 )
 
 SR = 16000
@@ -260,19 +258,3 @@ def test_pad_or_trim_numpy_and_torch():
         pad_or_trim(x, -1)
 
 
-def test_windows_cover_long_audio_and_pad_the_last_one():
-    sr = 10
-    x = np.arange(1, 26, dtype=np.float32)  # 2.5 s
-    frames, starts = windows(x, window_s=1.0, hop_s=0.5, sr=sr)
-    assert frames.shape == (4, 10) and num_windows(25, 10, 5) == 4
-    np.testing.assert_array_equal(starts, [0.0, 0.5, 1.0, 1.5])
-    np.testing.assert_array_equal(frames[1], x[5:15])
-    np.testing.assert_array_equal(frames[3], np.concatenate([x[15:25], np.zeros(0)]))
-    frames, starts = windows(x[:23], 1.0, 0.5, sr)  # last window runs past the end: zero-padded
-    np.testing.assert_array_equal(frames[-1], np.concatenate([x[15:23], [0, 0]]))
-    # shorter than one window: one padded window
-    frames, starts = windows(x[:4], 1.0, 0.5, sr)
-    assert frames.shape == (1, 10) and starts.tolist() == [0.0]
-    np.testing.assert_array_equal(frames[0], np.concatenate([x[:4], np.zeros(6)]))
-    tf, _ = windows(torch.from_numpy(x), 1.0, 0.5, sr)
-    assert isinstance(tf, torch.Tensor) and torch.equal(tf, torch.from_numpy(windows(x, 1.0, 0.5, sr)[0]))

@@ -94,7 +94,7 @@ def test_import_from_a_url_records_it(tmp_path, capsys, one_thread):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert len(server.requests) == 2 and server.requests[1].startswith("bytes=")
-    source = yaml.safe_load((tmp_path / "release" / "config.yaml").read_text())["training"]["source"]
+    source = yaml.safe_load((tmp_path / "release" / "config.yaml").read_text())["source"]  # the top-level source: record
     assert source["url"] == server.url and source["sha256"] == hashlib.sha256(data).hexdigest()
     assert source["reported_map"] == 43.14
     assert f"sha256 {source['sha256'][:16]}" in out

@@ -30,7 +30,7 @@ def trained(tmp_path_factory, one_thread):
     cfg = load_config(None, [
         "model=convnext_atto_dcls_audio", "model_args={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}", "layer_scale_init=1.0",
         f"train=[{tr}]", "epochs=1", "warmup_epochs=0.2", "lr=2e-3", "batch_size=8", "effective_batch=8", "workers=0",
-        "channels_last=false", "threads=1", f"output_dir={run}",
+        "channels_last=false", "threads=1", "augment=none", f"output_dir={run}",
     ])
     summary = train(cfg, progress=False)
     return {"release": Path(summary["release"]), "checkpoint": run / "last.pt", "eval": ev, "root": root}

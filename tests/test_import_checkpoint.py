@@ -113,7 +113,8 @@ def test_release_holds_exactly_the_checkpoint_tensors(name, released, tmp_path, 
         assert torch.equal(mine, tensor.reshape(mine.shape)), key
 
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    source = config["training"]["source"]
+    source = config["source"]  # top-level record, read back as Release.source
+    assert source == release.source and "source" not in config["training"]
     assert source["sha256"] == file_sha256(path) and source["file"] == info["released_file"]
     assert source["weights"] == "model" and source["epoch"] == 59 and source["upstream_model"] == name
     assert source["reported_map"] in (45.52, 43.14, 43.68, 44.40)
@@ -143,7 +144,8 @@ def test_model_ema_bare_and_module_prefixed_state_dicts(released, tmp_path, caps
     assert "weights bare state dict" in out
     r = load_release(tmp_path / "bare-release")
     assert torch.equal(r.model.state_dict()["head.fc.fc2.bias"], state["head.fc2.bias"])
-    assert yaml.safe_load((tmp_path / "bare-release" / "config.yaml").read_text())["training"]["source"]["reported_map"] is None
+    assert yaml.safe_load((tmp_path / "bare-release" / "config.yaml").read_text())["source"]["reported_map"] is None
+    assert r.source["kind"] == "dcls-audio-checkpoint"
 
     rc, _, err = _run(capsys, bare, "--out", tmp_path / "x", "--weights", "model")
     assert rc == 1 and "bare state dict has no 'model' entry" in err

@@ -14,6 +14,7 @@ from audio_dcls.labels import (
     LabelVocabulary,
     audioset_ontology,
     audioset_vocabulary,
+    resolve_audioset_label,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "audioset"
@@ -81,9 +82,46 @@ def test_custom_vocabulary_round_trips_through_labels_csv(tmp_path):
     assert hashlib.md5(audioset_vocabulary().to_csv_text().encode()).hexdigest() == "68c0b5c199d6cc789852b144cc3ab500"
 
 
-def test_from_labels_is_sorted_and_names_default_to_ids():
+def test_from_labels_is_sorted_and_custom_labels_have_no_mid():
     v = LabelVocabulary.from_labels(["b", "a", " c ", "a", ""])
-    assert v.mids == ("a", "b", "c") and v.display_names == ("a", "b", "c")
+    assert v.mids == ("", "", "") and v.display_names == ("a", "b", "c") and v.keys == ("a", "b", "c")
+    assert LabelVocabulary(["a", "b", "c"]) == v  # names only: labels, not MIDs
+    assert v.decode([1, 0, 1]) == ["a", "c"]
+    assert v.to_csv_text().splitlines()[1] == '0,,"a"'  # the mid column stays empty
+    assert LabelVocabulary.from_csv_text(v.to_csv_text()) == v
+
+
+def test_audioset_labels_are_recognised_by_mid_or_name():
+    # exact name, MID, case/spacing/underscores ignored -- one class, with its MID and official name
+    for written in ("Acoustic guitar", "/m/042v_gx", "acoustic guitar", "ACOUSTIC_GUITAR", "  Acoustic   guitar "):
+        assert resolve_audioset_label(written) == ("/m/042v_gx", "Acoustic guitar"), written
+    assert resolve_audioset_label("Human sounds") == ("/m/0dgw9r", "Human sounds")  # an ontology node outside the 527
+    assert resolve_audioset_label("my doorbell") is None
+    v = LabelVocabulary.from_labels(["Dog", "/m/0bt9lr", "dog", "my doorbell", "Speech"])
+    assert list(zip(v.mids, v.display_names)) == [("/m/0bt9lr", "Dog"), ("/m/09x0r", "Speech"), ("", "my doorbell")]
+    a = audioset_vocabulary()
+    assert a.index("dog") == a.index("/m/0bt9lr") == 74 and a.find("my doorbell") is None
+    # a label file of one label per line keeps its order
+    assert LabelVocabulary.from_labels(["zeta", "Dog", "alpha"], sort=False).display_names == ("zeta", "Dog", "alpha")
+
+
+def test_vocabularies_meet_by_mid_else_by_name():
+    model = LabelVocabulary(["/m/0bt9lr", "", ""], ["Dog", "my doorbell", "Kettle whistle"])
+    data = LabelVocabulary(["", "/m/0bt9lr", "", "/m/09x0r"], ["Kettle  whistle", "Doggo (renamed)", "lawnmower", "Speech"])
+    assert model.match(data) == [2, 0, None, None]
+    # two different MIDs never meet by name
+    assert LabelVocabulary(["/m/a"], ["Same"]).match(LabelVocabulary(["/m/b"], ["Same"])) == [None]
+
+
+def test_label_files_in_either_format(tmp_path):
+    (tmp_path / "one_per_line.txt").write_text("Squeak\nmy doorbell\n\n/m/0bt9lr\nDomestic animals, pets\n")
+    v = LabelVocabulary.from_file(tmp_path / "one_per_line.txt")
+    assert list(zip(v.mids, v.display_names)) == [("/m/07q6cd_", "Squeak"), ("", "my doorbell"), ("/m/0bt9lr", "Dog"), ("/m/068hy", "Domestic animals, pets")]
+    v.to_csv(tmp_path / "labels.csv")
+    assert LabelVocabulary.from_file(tmp_path / "labels.csv") == v
+    (tmp_path / "twice.txt").write_text("a\nb\na\n")
+    with pytest.raises(ValueError, match="'a' is listed twice"):
+        LabelVocabulary.from_file(tmp_path / "twice.txt")
 
 
 @pytest.mark.parametrize(

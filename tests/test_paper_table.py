@@ -19,7 +19,7 @@ def runs(tmp_path_factory, one_thread):
     ev = make_tiny_store(root / "eval", n=16, seed=3)
     base = [
         "model_args={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}", "layer_scale_init=1.0", f"train=[{tr}]", f"eval={ev}",
-        "epochs=1", "warmup_epochs=0.5", "batch_size=16", "effective_batch=16", "workers=0", "channels_last=false", "threads=1",
+        "epochs=1", "warmup_epochs=0.5", "batch_size=16", "effective_batch=16", "workers=0", "channels_last=false", "threads=1", "augment=none",
         f"output_dir={root}/runs/{{model}}-seed{{seed}}", "release=false",
     ]
     for model in ("convnext_atto_dcls_audio", "convnext_atto_audio"):

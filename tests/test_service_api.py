@@ -52,6 +52,7 @@ EXPECTED = {
     ("post", "/v1/tag"): {200, 400, 401, 404, 413, 415, 422, 503, 504},
     ("post", "/v1/tag/batch"): {200, 401, 404, 413, 422, 503},
     ("get", "/v1/limits"): {200, 401},
+    ("post", "/v1/embed"): {200, 400, 401, 404, 413, 415, 422, 503, 504},
 }
 
 
@@ -207,9 +208,19 @@ def test_real_responses_match_the_documented_schemas(server, client, spec):
     assert [x["status"] for x in batch["results"]] == [200, 415, 200] and batch["results"][2]["result"]["warnings"]
     limits = conforms(spec, "get", "/v1/limits", client.get("/v1/limits"))
     assert limits["max_upload_bytes"] == MAX_UPLOAD and limits["max_batch_files"] == MAX_FILES
-    assert limits["body_limits"] == {"/v1/tag": TAG_LIMIT, "/v1/tag/batch": BATCH_LIMIT}
+    assert limits["body_limits"] == {"/v1/tag": TAG_LIMIT, "/v1/embed": TAG_LIMIT, "/v1/tag/batch": BATCH_LIMIT}
     conforms(spec, "get", "/v1/limits", httpx.get(server.url + "/v1/limits", timeout=30))  # 401
     conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", wav(3))}, data={"include": "everything"}))  # 422
+    twelve_s = wav(12, sr=8000)  # two windows, within MAX_UPLOAD
+    embedded = conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", twelve_s)}))
+    assert embedded["filename"] == "a.wav" and len(embedded["embedding"]) == embedded["embedding_dim"] == details["embedding_dim"] == 128
+    assert embedded["warnings"] == []
+    per_window = conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", twelve_s)}, data={"per_window": "true"}))
+    assert [len(w["embedding"]) for w in per_window["windows"]] == [128, 128]
+    # include=embedding: the tagging result carries what POST /v1/embed returns for the file
+    with_embedding = conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", twelve_s)}, data={"include": "embedding"}))
+    assert with_embedding["embedding_dim"] == 128 and with_embedding["embedding"] == embedded["embedding"] and "scores" not in with_embedding
+    assert details["source"] is None  # trained here: no source record
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     # Errors, each on a route that documents it.
@@ -220,6 +231,9 @@ def test_real_responses_match_the_documented_schemas(server, client, spec):
     conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", b"RIFF" + b"\0" * 40)}))  # 400 or 415
     conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", wav(3))}, data={"top_k": "0"}))  # 422
     conforms(spec, "post", "/v1/tag", client.post("/v1/tag", files={"file": ("a.wav", b"\0" * (MAX_UPLOAD + OVERHEAD + 10))}))  # 413
+    conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", b"not audio" * 100)}))  # 415
+    conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", wav(3))}, data={"window_s": "0"}))  # 422
+    conforms(spec, "post", "/v1/embed", client.post("/v1/embed", files={"file": ("a.wav", b"\0" * (MAX_UPLOAD + OVERHEAD + 10))}))  # 413
 
 
 # --- body limits per route ---------------------------------------------------------------------------
@@ -252,6 +266,8 @@ def test_413_names_the_routes_own_limit(server, client):
     message = error_of(declared_only(server, "POST", "/v1/tag", TAG_LIMIT + 1, AUTH), 413, "payload_too_large")
     assert f"(512 KiB, {TAG_LIMIT + 1} bytes)" in message and f"the 512 KiB limit of POST /v1/tag ({TAG_LIMIT} bytes:" in message
     assert f"MAX_UPLOAD_BYTES={MAX_UPLOAD} bytes (256 KiB)" in message
+    message = error_of(declared_only(server, "POST", "/v1/embed", TAG_LIMIT + 1, AUTH), 413, "payload_too_large")
+    assert f"limit of POST /v1/embed ({TAG_LIMIT} bytes:" in message and f"MAX_UPLOAD_BYTES={MAX_UPLOAD}" in message
     message = error_of(declared_only(server, "POST", "/v1/tag/batch", BATCH_LIMIT + 1, AUTH), 413, "payload_too_large")
     assert f"the 1.2 MiB limit of POST /v1/tag/batch ({BATCH_LIMIT} bytes:" in message
     assert f"MAX_BATCH_FILES={MAX_FILES}" in message and f"MAX_UPLOAD_BYTES={MAX_UPLOAD}" in message

@@ -1,8 +1,9 @@
 """The dynamic batching worker on its own: batch composition, scatter-back, failures, limits.
 
 ``infer`` here is a plain function that reads the first samples of each window,
-so every score says which job and window it came from: a window landing in the
-wrong job, or a batch mixing lengths, shows up as a wrong number.
+so every score (and every embedding, which carries the same facts in another
+order) says which job and window it came from: a window landing in the wrong
+job, or a batch mixing lengths, shows up as a wrong number.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def make_job(job_id: int, windows: int, window: int = 8, hop: int = 4) -> TagJob
 
 
 class Recorder:
-    """infer: (B, window) -> (B, 3) [job id, window index, window length]; remembers batch sizes.
+    """infer: (B, window) -> scores (B, 3) [job id, window index, window length] and embeddings
+    (B, 2) [window index, job id]; remembers batch sizes.
 
     With a ``gate``, the first call sets ``entered`` (the worker has taken its first job off the
     queue and is inside the model) and holds there until the test opens the gate.
@@ -45,7 +47,8 @@ class Recorder:
         self.sizes.append(x.shape[0])
         if self.fail_on_job is not None and (x[:, 0] == self.fail_on_job).any():
             raise RuntimeError("model failure")
-        return torch.stack([x[:, 0], x[:, 1], torch.full((x.shape[0],), float(x.shape[1]))], 1)
+        scores = torch.stack([x[:, 0], x[:, 1], torch.full((x.shape[0],), float(x.shape[1]))], 1)
+        return scores, torch.stack([x[:, 1], x[:, 0]], 1)
 
 
 def check(job: TagJob, job_id: int):
@@ -54,6 +57,8 @@ def check(job: TagJob, job_id: int):
     assert scores[:, 0].tolist() == [job_id] * job.num_windows
     assert scores[:, 1].tolist() == list(range(job.num_windows))
     assert scores[:, 2].tolist() == [job.window] * job.num_windows
+    embeddings = job.embeddings
+    assert embeddings.tolist() == [[i, job_id] for i in range(job.num_windows)]
 
 
 def test_windows_of_several_jobs_share_batches_and_come_back_to_their_job():

@@ -230,33 +230,35 @@ def test_panns_hdf5_rejects_other_files(tmp_path):
     assert clip_id_from_audio_name("Y--PJHxphWEs.wav") == "--PJHxphWEs" and clip_id_from_audio_name("a/b.wav") == "b"
 
 
-def test_custom_csv_vocabulary_given_shipped_or_derived_and_nothing_written(tmp_path):
-    for name in ("dog1.wav", "cat1.wav", "both.wav", "sub/quiet.wav"):
+def test_custom_csv_vocabulary_given_or_derived_and_nothing_read_or_written_beside_it(tmp_path):
+    for name in ("woof1.wav", "mew1.wav", "both.wav", "sub/quiet.wav"):
         _tiny_wav(tmp_path / name)
-    (tmp_path / "train.csv").write_text("path,labels\ndog1.wav,dog\ncat1.wav,cat\nboth.wav,dog; cat\nsub/quiet.wav,\nmissing.wav,dog\ndog1.wav,cat\n")
+    (tmp_path / "train.csv").write_text("path,labels\nwoof1.wav,woof\nmew1.wav,mew\nboth.wav,woof; mew\nsub/quiet.wav,\nmissing.wav,woof\nwoof1.wav,mew\n")
+    # a labels.csv the dataset ships beside its CSV, in its own format: never read implicitly
+    (tmp_path / "labels.csv").write_text("path,labels\nsomething,else\n")
     before = sorted(p.name for p in tmp_path.rglob("*"))
     src = CustomCsvSource(tmp_path / "train.csv")
-    assert src.vocabulary.mids == ("cat", "dog")
+    assert src.vocabulary.display_names == ("mew", "woof") and src.vocabulary.mids == ("", "")
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written into the user's folder
-    assert {c.id: c.labels for c in src} == {"dog1.wav": (1,), "cat1.wav": (0,), "both.wav": (0, 1), "sub/quiet.wav": ()}
+    assert {c.id: c.labels for c in src} == {"woof1.wav": (1,), "mew1.wav": (0,), "both.wav": (0, 1), "sub/quiet.wav": ()}
     reasons = {m.id: m.reason for m in src.missing}
-    assert reasons["missing.wav"].startswith("audio file not found") and reasons["dog1.wav"].startswith("listed twice")
-    # an eval split given the training vocabulary (or its labels.csv) indexes the same way
-    (tmp_path / "eval.csv").write_text("path,labels\nboth.wav,cat\n")
-    assert CustomCsvSource(tmp_path / "eval.csv").vocabulary == LabelVocabulary(["cat"])  # its own labels otherwise
+    assert reasons["missing.wav"].startswith("audio file not found") and reasons["woof1.wav"].startswith("listed twice")
+    # an eval split given the training vocabulary (or a label file of it) indexes the same way
+    (tmp_path / "eval.csv").write_text("path,labels\nboth.wav,mew\n")
+    assert CustomCsvSource(tmp_path / "eval.csv").vocabulary == LabelVocabulary(["mew"])  # its own labels otherwise
     ev = CustomCsvSource(tmp_path / "eval.csv", vocabulary=src.vocabulary)
     assert ev.vocabulary == src.vocabulary and ev[0].labels == (0,)
     src.vocabulary.to_csv(tmp_path / "store" / "labels.csv")
     assert CustomCsvSource(tmp_path / "eval.csv", vocabulary=tmp_path / "store" / "labels.csv").vocabulary == src.vocabulary
-    # a labels.csv the dataset ships next to its CSV is read
-    src.vocabulary.to_csv(tmp_path / "labels.csv")
-    assert CustomCsvSource(tmp_path / "eval.csv").vocabulary == src.vocabulary
-    (tmp_path / "labels.csv").unlink()
-    (tmp_path / "bad.csv").write_text("path,labels\nboth.wav,cow;dog\n")
+    # a label outside a given vocabulary: counted and reported, the clip keeps its other labels -- or an error when strict
+    (tmp_path / "bad.csv").write_text("path,labels\nboth.wav,cow;woof\nmew1.wav,cow\n")
+    lax = CustomCsvSource(tmp_path / "bad.csv", vocabulary=src.vocabulary)
+    assert lax.unknown_labels == {"cow": 2} and [c.labels for c in lax] == [(1,), ()]
+    assert any("unknown label 'cow' in 2 clips" in n for n in lax.notes)
     with pytest.raises(ValueError, match="1 labels are not in the 2-class vocabulary: cow"):
-        CustomCsvSource(tmp_path / "bad.csv", vocabulary=src.vocabulary)
-    # an explicit vocabulary (here AudioSet display names) also works
-    (tmp_path / "as.csv").write_text("path,labels\nboth.wav,Speech;Dial tone\n")
+        CustomCsvSource(tmp_path / "bad.csv", vocabulary=src.vocabulary, strict=True)
+    # AudioSet display names (any case) and MIDs against the AudioSet vocabulary
+    (tmp_path / "as.csv").write_text("path,labels\nboth.wav,speech;/m/015jpf\n")
     a = CustomCsvSource(tmp_path / "as.csv", vocabulary=audioset_vocabulary())
     assert a[0].labels == (0, 393)
     (tmp_path / "h.csv").write_text("file,tags\nx,y\n")

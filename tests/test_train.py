@@ -1,5 +1,6 @@
 """pipelines.train: config, schedule, mixup, sampler, DDP = 1 process, exact resume
-after SIGKILL, non-finite loss, and the release folder round trip."""
+after SIGKILL -- both on log-mel stores and on waveform stores with the paper's
+augmentation on the training device --, non-finite loss, and the release folder round trip."""
 from __future__ import annotations
 
 import csv
@@ -17,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from audio_dcls.augment import mixup, smooth_labels
 from audio_dcls.labels import LabelVocabulary
 from pipelines.checkpoints import read_checkpoint
 from pipelines.optim import WarmupCosine, build_optimizer
@@ -24,14 +26,14 @@ from pipelines.sampling import GlobalBatchSampler
 from pipelines.train import main, train
 from pipelines.train_config import ConfigError, load_config
 from pipelines.train_state import build_training_model
-from pipelines.train_step import mixup, smooth_labels
-from tiny_store import TINY_MODEL_ARGS, make_tiny_store, tiny_frontend
+from tiny_store import TINY_MODEL_ARGS, make_tiny_store, make_tiny_waveform_store, tiny_frontend
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
     "model=convnext_atto_dcls_audio",
     "model_args={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}",
     "drop_path=0.1",  # random per sample: DDP equality and resume must reproduce it
+    "augment=none",  # the log-mel stores below; the waveform runs set augment=dcls_audio
     "layer_scale_init=1.0",
     "workers=0",
     "warmup_epochs=0.5",
@@ -54,6 +56,11 @@ def _steps(run: Path):
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
 
 
+# The two data paths: fp16 log-mel stores (no augmentation), and int16 waveform stores
+# with the paper's augmentation + front end on the training device.
+DATA_PATHS = {"logmel": ("", "augment=none"), "waveform": ("wave_", "augment=dcls_audio")}
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
@@ -61,7 +68,15 @@ def stores(tmp_path_factory):
         "train96": make_tiny_store(root / "train96", n=96, seed=0),
         "train64": make_tiny_store(root / "train64", n=64, seed=1),
         "eval": make_tiny_store(root / "eval", n=32, seed=2),
+        "wave_train96": make_tiny_waveform_store(root / "wave_train96", n=96, seed=0),
+        "wave_train64": make_tiny_waveform_store(root / "wave_train64", n=64, seed=1),
+        "wave_eval": make_tiny_waveform_store(root / "wave_eval", n=32, seed=2),
     }
+
+
+def _data_args(stores, kind: str, train: str):
+    prefix, augment = DATA_PATHS[kind]
+    return [f"train=[{stores[prefix + train]}]", f"eval={stores[prefix + 'eval']}", augment]
 
 
 # ----------------------------------------------------------------------------------
@@ -76,7 +91,13 @@ def test_config_yaml_overrides_and_types(tmp_path):
     assert cfg.model_args == {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}
     assert cfg.betas == [0.9, 0.95]
     assert cfg.resolved_output_dir() == Path("runs/convnext_atto_dcls_audio-seed2")
-    assert cfg.resolved_release_dir() == Path("runs/convnext_atto_dcls_audio-seed2/release/convnext_atto_dcls_audio")
+    # releases are named by the run, {model}-{dataset}-seed{seed}, never just by the architecture
+    assert cfg.resolved_release_dir() == Path("runs/convnext_atto_dcls_audio-seed2/release/convnext_atto_dcls_audio-b-seed2")
+    assert load_config(recipe, ["train=[data/stores/audioset/balanced_train,data/stores/audioset/unbalanced_train]"]).resolved_name() == "convnext_atto_dcls_audio-audioset-seed0"
+    assert load_config(recipe, ["train=my_sounds/train.csv"]).resolved_name() == "convnext_atto_dcls_audio-my_sounds-seed0"
+    named = load_config(recipe, ["name=tagger-{seed}", "output_dir=runs/{name}", "seed=3"])
+    assert named.resolved_release_dir() == Path("runs/tagger-3/release/tagger-3")
+    assert load_config(recipe, ["head_bias_init=auto", "freeze=stages:2"]).head_bias_init == "auto"
     for bad, msg in [
         (["lrr=1"], "unknown config key 'lrr' (did you mean 'lr'?)"),
         (["epochs=1.5"], "epochs: expected an integer"),
@@ -86,6 +107,10 @@ def test_config_yaml_overrides_and_types(tmp_path):
         (["effective_batch=8", "batch_size=16"], "effective_batch (8) must be >= batch_size (16)"),
         (["output_dir=runs/{nope}"], "cannot fill in"),
         (["seed"], "must look like key=value"),
+        (["head_bias_init=high"], "head_bias_init: expected float | 'auto' | null, got 'high'"),
+        (["freeze=stage:2"], "freeze must be none, backbone or stages:N"),
+        (["name=my tagger"], "name 'my tagger': a release name is"),
+        (["head_lr_scale=0"], "head_lr_scale and backbone_lr_scale must be > 0"),
     ]:
         with pytest.raises(ConfigError) as e:
             load_config(recipe, bad)
@@ -103,9 +128,38 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
     assert main(["-c", str(recipe), f"output_dir={tmp_path / 'run'}"]) == 1  # 'x' is no feature store
     err = capsys.readouterr().err.strip()
     assert err.startswith("train: error: x:") and "\n" not in err
-    # the shipped recipes all load
+    # the shipped recipes all load (the fine-tuning recipe names no data: pipelines.finetune gives it)
     for recipe in sorted((REPO / "configs").glob("*.yaml")):
-        load_config(recipe)
+        load_config(recipe, [] if "train" in yaml.safe_load(recipe.read_text()) else ["train=[x]"])
+
+
+def test_augment_key_its_old_form_and_the_data_it_needs(tmp_path, stores, capsys):
+    from pipelines.train_config import config_from_dict
+
+    assert load_config(None, ["train=x"]).augment == "dcls_audio"  # the paper's recipe is the default
+    assert load_config(None, ["train=x", "specaugment=true"]).augment == "specaugment"  # recipes written before augment
+    assert load_config(None, ["train=x", "specaugment=false"]).augment == "none"
+    old = load_config(None, ["train=x", "augment=none"]).to_dict()
+    del old["augment"]
+    old["specaugment"] = False
+    assert config_from_dict(old).augment == "none"  # a checkpoint saved before augment resumes with what it did
+    for bad, msg in [
+        (["augment=mixup"], "augment must be one of dcls_audio, specaugment, none"),
+        (["specaugment=true", "augment=none"], "give augment only; specaugment is its old form"),
+        (["specaugment=3"], "specaugment: expected true or false"),
+        (["augment=none", "augment_args={speed_p: 0.3}"], "augment_args are given but augment=none"),
+        (["long_clips=all"], "long_clips must be one of first, random_crop, windows"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            load_config(None, ["train=x", *bad])
+    # a log-mel store with the waveform augmentation: one line naming the fix, before any model is built
+    args = TINY + [f"train=[{stores['train64']}]", "augment=dcls_audio", "epochs=1", "effective_batch=8", f"output_dir={tmp_path / 'run'}"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train: error: augment=dcls_audio") and "\n" not in err
+    assert f"but train={stores['train64']} holds log-mels" in err and "--kind waveform" in err and "augment=none" in err
+    assert main(TINY + [f"train=[{stores['wave_train64']}]", "augment=dcls_audio", "augment_args={speed_pp: 1}", "epochs=1", "effective_batch=8", f"output_dir={tmp_path / 'run2'}"]) == 1
+    assert "augment_args: unknown augmentation settings: ['speed_pp']" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------
@@ -155,24 +209,35 @@ def test_sampler_same_micro_batches_whatever_the_world_size():
 # ----------------------------------------------------------------------------------
 # runs
 # ----------------------------------------------------------------------------------
-def _train_args(run: Path, stores, *extra):
-    return TINY + [f"train=[{stores['train96']}]", f"eval={stores['eval']}", "epochs=2", "effective_batch=8", "checkpoint_every=1", f"output_dir={run}", *extra]
+def _train_args(run: Path, stores, *extra, kind: str = "logmel"):
+    return TINY + _data_args(stores, kind, "train96") + ["epochs=2", "effective_batch=8", "checkpoint_every=1", f"output_dir={run}", *extra]
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, stores, one_thread):
-    """An uninterrupted 2-epoch run (in this process, on one thread like the CLI runs with
-    threads=1), the reference for resume."""
-    run = tmp_path_factory.mktemp("full") / "run"
-    cfg = load_config(None, _train_args(run, stores))
-    summary = train(cfg, progress=False)
-    return run, summary
+def reference_runs(tmp_path_factory, stores, one_thread):
+    """Uninterrupted 2-epoch runs, one per data path (in this process, on one thread like the
+    CLI runs with threads=1), made when first asked for: the references for resume."""
+    made = {}
+
+    def get(kind: str):
+        if kind not in made:
+            run = tmp_path_factory.mktemp(f"full_{kind}") / "run"
+            made[kind] = run, train(load_config(None, _train_args(run, stores, kind=kind)), progress=False)
+        return made[kind]
+
+    return get
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, stores, full_run):
-    ref_run, _ = full_run
+@pytest.fixture(scope="module")
+def full_run(reference_runs):
+    return reference_runs("logmel")
+
+
+@pytest.mark.parametrize("kind", ["logmel", "waveform"])
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, stores, reference_runs, kind):
+    ref_run, ref_summary = reference_runs(kind)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipelines.train", *_train_args(run, stores)]
+    cmd = [sys.executable, "-m", "pipelines.train", *_train_args(run, stores, kind=kind)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
@@ -201,6 +266,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, stores, full_r
     # the CLI logs into the run folder, both the killed run and its resumption
     log_text = (run / "train.log").read_text()
     assert "convnext_atto_dcls_audio:" in log_text and f"resumed {run / 'last.pt'}" in log_text
+    augment = DATA_PATHS[kind][1].split("=")[1]
+    assert f"data path: {kind} items" in log_text and f"(augment={augment})" in log_text
+    assert ref_summary["data_path"] == {"items": kind, "augment": augment, "long_clips": None}
+    assert ref_summary["eval"]["mAP"] > 0.5  # learnable with either data path (chance is ~0.45)
 
 
 def test_resume_guards(full_run, stores):
@@ -211,8 +280,9 @@ def test_resume_guards(full_run, stores):
         train(load_config(None, _train_args(run, stores, "lr=1e-3")), resume=True, progress=False)
 
 
-def test_ddp_two_processes_match_one_process(tmp_path, stores, one_thread):
-    common = TINY + [f"train=[{stores['train64']}]", f"eval={stores['eval']}", "epochs=2", "effective_batch=16"]
+@pytest.mark.parametrize("kind", ["logmel", "waveform"])
+def test_ddp_two_processes_match_one_process(tmp_path, stores, one_thread, kind):
+    common = TINY + _data_args(stores, kind, "train64") + ["epochs=2", "effective_batch=16"]
     single = tmp_path / "single"
     train(load_config(None, common + [f"output_dir={single}"]), progress=False)  # 1 process x 2 accumulation steps
     ddp = tmp_path / "ddp"
@@ -279,7 +349,7 @@ def test_release_round_trip(full_run, stores):
 
     run, summary = full_run
     folder = Path(summary["release"])
-    assert folder == run / "release" / "convnext_atto_dcls_audio"
+    assert folder == run / "release" / "convnext_atto_dcls_audio-train96-seed0"
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "labels.csv", "model.safetensors"]
     load_file(folder / "model.safetensors")  # plain safetensors, no pickle
     rel = load_release(folder)
@@ -329,6 +399,13 @@ def test_train_audioset_finds_the_layouts(tmp_path):
         (packs / name).write_bytes(b"")
     found = find_audioset(tmp_path / "panns")
     assert found["unbalanced_train"].kind == "hdf5" and len(found["unbalanced_train"].hdf5) == 2
+    # the paper recipes train on waveform stores, a recipe without waveform augmentation on log-mels
+    from pipelines.train_audioset import store_kind
+
+    for recipe in ("convnext_tiny", "convnext_tiny_dcls", "convformer_s18", "convformer_s18_dcls", "fastvit_sa24", "fastvit_sa24_dcls"):
+        assert store_kind(str(REPO / "configs" / f"{recipe}.yaml"), []) == "waveform"
+    assert store_kind(str(REPO / "configs" / "convnext_tiny_dcls.yaml"), ["augment=specaugment"]) == "logmel"
+    assert store_kind(str(REPO / "configs" / "cpu_mini.yaml"), []) == "logmel"
     (root / "eval_segments.csv").unlink()
     with pytest.raises(SetupError, match="eval_segments.csv is missing"):
         find_audioset(root)
@@ -363,7 +440,7 @@ def test_resume_replays_the_recorded_kernel_routes(tmp_path, stores, one_thread)
 
 
 def test_populated_classes_are_those_with_a_positive(tmp_path):
-    from pipelines.data import open_data, open_training_data, populated_classes
+    from pipelines.data import open_data, open_training_data
     from pipelines.feature_store import SHARD_DIR, Plan, finalize_store, write_shard
     from tiny_store import tiny_vocabulary
 
@@ -378,5 +455,5 @@ def test_populated_classes_are_those_with_a_positive(tmp_path):
 
     a = store(tmp_path / "a", [[1, 0, 0, 0, 0], [1, 0, 0, 1, 0]])
     b = store(tmp_path / "b", [[0, 0, 0, 0, 1]])
-    assert populated_classes(open_data(a).dataset) == [0, 3]
-    assert populated_classes(open_training_data([a, b]).dataset) == [0, 3, 4]  # classes 1 and 2: never positive
+    assert open_data(a).populated_classes() == [0, 3]
+    assert open_training_data([a, b]).populated_classes() == [0, 3, 4]  # classes 1 and 2: never positive

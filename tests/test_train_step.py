@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from audio_dcls.features import LogMelConfig
+from pipelines.model_input import ModelInput
 from pipelines.optim import WarmupCosine, build_optimizer
 from pipelines.train_config import load_config
 from pipelines.train_state import RunState, StepRecipe
@@ -24,9 +26,10 @@ def _state(model: nn.Module, mixup_alpha: float = 0.0, crop_frames: int = 0, lab
     cfg = load_config(None, ["train=x", f"lr={LR}", f"weight_decay={WD}"])
     optimizer = build_optimizer(model, cfg)  # AdamW, betas (0.9, 0.999), decay on the weight only
     schedule = WarmupCosine(optimizer, LR, 1e-6, 1e-6, warmup_steps=0, total_steps=10)  # step 0 runs at LR
-    recipe = StepRecipe(seed=3, accum=2, label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, crop_frames=crop_frames, clip_grad=0.0,
+    recipe = StepRecipe(seed=3, accum=2, label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, clip_grad=0.0,
                         clamp_positions=False, channels_last=False, use_amp=False, amp_dtype=torch.bfloat16)
-    return RunState(model, optimizer, schedule, recipe, torch.device("cpu"))
+    inputs = ModelInput(LogMelConfig(), "logmel", crop_frames=crop_frames).train()  # log-mel items: cast, then crops
+    return RunState(model, optimizer, schedule, recipe, torch.device("cpu"), inputs=inputs)
 
 
 def _micro_batches(seed: int = 0, frames: int = FRAMES):

@@ -255,13 +255,14 @@ def import_dcls_audio(
 
 
 def save_imported_release(result: ImportResult, folder) -> Path:
-    """Write ``result`` as a release folder (weights, config.yaml with the source record, AudioSet labels)."""
+    """Write ``result`` as a release folder: weights, AudioSet labels, and config.yaml with the
+    provenance as its top-level ``source:`` record (``Release.source``)."""
     from audio_dcls.checkpoint import save_release
     from audio_dcls.labels import audioset_vocabulary
 
     vocab = audioset_vocabulary()
     params = sum(p.numel() for p in result.model.parameters())
-    training = {"source": dict(result.source), "parameters": params, "weights": result.source["weights"] or "state_dict"}
+    training = {"parameters": params, "weights": result.source["weights"] or "state_dict"}
     return save_release(
         folder,
         result.model,
@@ -271,4 +272,5 @@ def save_imported_release(result: ImportResult, folder) -> Path:
         list(zip(vocab.mids, vocab.display_names)),
         AUDIOSET_LABEL_SET,
         training=training,
+        source=dict(result.source),
     )

@@ -9,12 +9,12 @@ from typing import List, Mapping
 from fastapi import APIRouter
 
 from ..limits import BodyLimit
-from . import health, limits, models, tag
+from . import embed, health, limits, models, tag
 
 
 def build_routers(body_limits: Mapping[str, BodyLimit]) -> List[APIRouter]:
     """``body_limits``: service.limits.body_limits(settings)."""
-    return [health.build_router(), models.build_router(), tag.build_router(body_limits), limits.build_router()]
+    return [health.build_router(), models.build_router(), tag.build_router(body_limits), embed.build_router(body_limits), limits.build_router()]
 
 
 __all__ = ["build_routers"]

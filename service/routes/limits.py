@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Security
 
+from audio_dcls.windowing import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S
+
 from ..dependencies import ServiceContext, api_key_scheme, get_context
 from ..limits import body_limits
-from ..registry import MAX_WINDOW_S, MIN_WINDOW_S
 from ..schemas import Limits, error_responses
-from .tag import DEFAULT_WINDOW_S, MAX_TOP_K
+from .tag import MAX_TOP_K
 
 
 async def service_limits(context: ServiceContext = Depends(get_context)) -> dict:

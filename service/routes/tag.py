@@ -18,11 +18,13 @@ from typing import List, Mapping, Optional
 from fastapi import APIRouter, Depends, File, Form, Security, UploadFile
 from fastapi.responses import JSONResponse
 
+from audio_dcls.windowing import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S, default_hop_s
+
 from ..dependencies import ServiceContext, api_key_scheme, get_context, ready_registry, resolve_model
 from ..errors import ServiceError
 from ..incoming import CountedRoute, IncomingTicket, incoming_ticket
 from ..limits import BodyLimit
-from ..registry import MAX_WINDOW_S, MIN_WINDOW_S, LoadedModel, ModelRegistry
+from ..registry import LoadedModel, ModelRegistry
 from ..schemas import BatchTagResponse, TagResponse, error_responses
 from ..tagging import INCLUDE_CHOICES, TagParams, parse_include
 
@@ -36,12 +38,19 @@ _S503 = (
 _S504 = "the result was not ready within REQUEST_TIMEOUT_S (`timeout`); the file's windows not yet run were dropped"
 _INCLUDE_HELP = (
     f"parts of the result besides the clip's `tags`, comma-separated from {', '.join(INCLUDE_CHOICES)}; `none` for the tags alone "
-    f"(default: all of them, as before this field existed)"
+    f"(default: scores,windows, the fields results had before this one existed)"
 )
 
 
 MAX_TOP_K = 527  # top_k and window_top_k: at most every class of an AudioSet model
-DEFAULT_WINDOW_S = 10.0
+
+
+def checked_hop(window_s: float, hop_s: Optional[float]) -> float:
+    """``hop_s`` (default: half a window), refused (422) when longer than the window."""
+    hop = hop_s if hop_s is not None else default_hop_s(window_s)
+    if hop > window_s:
+        raise ServiceError(422, "invalid_parameter", f"hop_s ({hop:g}) must not exceed window_s ({window_s:g}): audio between windows would go untagged")
+    return hop
 
 
 @dataclass(frozen=True)
@@ -61,9 +70,7 @@ def tag_request(
     registry: ModelRegistry = Depends(ready_registry),
 ) -> TagRequest:
     """The form fields both routes share, checked, with the model they name."""
-    hop = hop_s if hop_s is not None else window_s / 2.0
-    if hop > window_s:
-        raise ServiceError(422, "invalid_parameter", f"hop_s ({hop:g}) must not exceed window_s ({window_s:g}): audio between windows would go untagged")
+    hop = checked_hop(window_s, hop_s)
     parts = parse_include(include)
     loaded = resolve_model(registry, model)
     params = TagParams(top_k=top_k, threshold=threshold, window_s=window_s, hop_s=hop, window_top_k=window_top_k, include=parts)
@@ -77,9 +84,11 @@ async def tag(
     context: ServiceContext = Depends(get_context),
 ) -> JSONResponse:
     """Decodes the file, averages it to mono, resamples it to the model's rate, cuts it into `window_s` windows
-    every `hop_s` seconds (the last zero-padded) and tags each. A class's clip score is its maximum over the
-    windows; `tags` are the `top_k` best clip scores, best first. Scores carry 5 significant digits; `include`
-    leaves out `scores` (every class) or `windows` when they are not wanted. A file that is usable but not
+    every `hop_s` seconds and tags each: the last window ends at the end of the audio (it overlaps its
+    predecessor more than `hop_s` says), and a file shorter than one window is zero-padded to one window.
+    A class's clip score is its maximum over the windows; `tags` are the `top_k` best clip scores, best first.
+    Scores carry 5 significant digits; `include` chooses the large parts of the result: `scores` (every
+    class), `windows`, `embedding` (the clip embedding POST /v1/embed returns). A file that is usable but not
     whole (a header announcing more audio than there is) is tagged, and `warnings` says what was wrong.
 
     ```
