@@ -367,13 +367,22 @@ def _prepare_folder(out: Path, plan: Plan, overwrite: bool) -> None:
     atomic_write_json(out / "plan.json", plan.to_dict())
 
 
+def _log_shard_finished(record: dict) -> None:
+    # at DEBUG: a line per shard on disk, for whoever follows (or interrupts) a build by its log
+    log.debug("shard %d finished: %d clips written, %d skipped", record["shard"], record["written"], len(record["skipped"]))
+
+
 def _run_in_process(builder: ShardBuilder, tasks, bar) -> list[dict]:
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return [builder.build(k, clips, on_clip=lambda: bar.update(1)) for k, clips in tasks]
+        results = []
+        for k, clips in tasks:
+            results.append(builder.build(k, clips, on_clip=lambda: bar.update(1)))
+            _log_shard_finished(results[-1])
+        return results
     finally:
         torch.set_num_threads(threads)  # in-process run: leave the caller's setting as it was
 
@@ -396,6 +405,7 @@ def _run_pool(builder: ShardBuilder, tasks, workers: int, bar) -> list[dict]:
                 r = f.result()  # re-raises a worker's exception here
                 results.append(r)
                 bar.update(r["clips"])
+                _log_shard_finished(r)
     except BrokenProcessPool:
         ex.shutdown(wait=False, cancel_futures=True)
         raise StoreError("a worker process died (out of memory?); the finished shards are kept, rerun the same command to resume") from None

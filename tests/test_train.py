@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -238,17 +237,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, stores, refere
     ref_run, ref_summary = reference_runs(kind)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "pipelines.train", *_train_args(run, stores, kind=kind)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # log_every=1 (a setting resume may change): a log line after each step is the event the kill waits for
+    proc = subprocess.Popen([*cmd, "log_every=1"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_lines = []
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if (run / "steps.csv").exists() and len(_steps(run)) >= 3:
+        for line in proc.stderr:  # blocks until training writes a line, or ends (EOF)
+            log_lines.append(line)
+            if re.search(r"epoch 0 step 3/", line):
                 break
-            if proc.poll() is not None:
-                pytest.fail(f"training ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
-            time.sleep(0.005)
+        else:
+            pytest.fail(f"training ended before it could be killed: {''.join(log_lines)[-500:]}")
         proc.send_signal(signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     killed = read_checkpoint(run / "last.pt")
