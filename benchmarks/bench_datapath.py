@@ -254,10 +254,10 @@ class DecodeAndFrontEnd(torch.utils.data.Dataset):
     def __getitem__(self, i):
         if self.front_end is None:
             self.front_end = LogMel()
-        x, y, idx, skip = self.items[i]
+        x, y, idx, skip, warned = self.items[i]
         with torch.inference_mode():
             m = self.front_end(x.float().unsqueeze(0) / 2**15)[0]
-        return m, y, idx, skip
+        return m, y, idx, skip, warned
 
 
 def random_batches(num_items: int, batches: int, seed: int = 0) -> List[List[int]]:
