@@ -16,7 +16,8 @@ device: each is one window. Outputs, in ``--out``:
     windows.npy        (M, D) float32 per-window embeddings (--windows)
     window_index.csv   row, clip, id, window, start_s, end_s of each row of windows.npy (--windows)
     skipped.csv        id, reason of every clip listed but not embedded (missing, undecodable)
-    summary.json       model, embedding size, data, counts, window settings, device, speed
+    summary.json       model, embedding size, data, counts, window settings, device, speed, and the
+                       decoder's warnings about files it could still use (cut short, damaged)
 
 CPU (every audio file under a folder)::
 
@@ -83,7 +84,7 @@ class EmbedOptions:
 class AudioClips(Dataset):
     """Clips (pipelines.sources.Clip) decoded at the model's rate, padded for their window plan.
 
-    Item: (index, plan, padded waveform, "") or (index, None, None, skip reason).
+    Item: (index, plan, padded waveform, "", decode warnings) or (index, None, None, skip reason, ()).
     """
 
     def __init__(self, clips, sample_rate: int, window_s: float, hop_s: Optional[float]):
@@ -99,13 +100,13 @@ class AudioClips(Dataset):
         from audio_dcls.audio import AudioDecodeError
 
         try:
-            audio = self.clips[i].load(self.sample_rate)
+            audio, warnings = self.clips[i].decode(self.sample_rate)
         except AudioDecodeError as e:
-            return i, None, None, f"undecodable: {e.reason}"
+            return i, None, None, f"undecodable: {e.reason}", ()
         except OSError as e:
-            return i, None, None, f"unreadable: {e.strerror or e}"
+            return i, None, None, f"unreadable: {e.strerror or e}", ()
         plan = plan_windows(audio.shape[0], self.sample_rate, self.window_s, self.hop_s)
-        return i, plan, padded_waveform(audio, plan), ""
+        return i, plan, padded_waveform(audio, plan), "", tuple(warnings)
 
 
 def _as_list(batch):
@@ -189,6 +190,7 @@ class Embedded:
     windows: List[np.ndarray] = field(default_factory=list)  # (W, D) per embedded clip (keep_windows)
     bounds: List[List[Tuple[float, float]]] = field(default_factory=list)  # (start_s, end_s) per window (keep_windows)
     skipped: List[Tuple[int, str]] = field(default_factory=list)  # (dataset index, reason)
+    warned: List[Tuple[int, str]] = field(default_factory=list)  # (dataset index, decode warning) of embedded clips
 
 
 class WindowBatcher:
@@ -254,8 +256,9 @@ def _embed_slice(prepared: PreparedRelease, data: EmbedInput, lo: int, hi: int, 
     batcher = WindowBatcher(prepared, options.batch_size, options.keep_windows, out)
     for batch in tqdm(_loader(data, lo, hi, options, prepared.device), desc="embedding", unit="batch" if data.is_store else "clip", disable=not show, dynamic_ncols=True):
         if data.is_store:
-            x, _, idx, skipped, _warned = batch
+            x, _, idx, skipped, warned = batch
             out.skipped += skipped
+            out.warned += warned
             if x is not None:
                 outputs = prepared.infer(x.float() / PCM16_SCALE) if data.item_kind == WAVEFORM else prepared.infer_logmel(x)
                 scores, embeddings = (t.float().cpu().numpy() for t in outputs)
@@ -263,10 +266,11 @@ def _embed_slice(prepared: PreparedRelease, data: EmbedInput, lo: int, hi: int, 
                 out.scores += list(scores)
                 out.embeddings += list(embeddings)
             continue
-        for i, plan, waveform, reason in batch:
+        for i, plan, waveform, reason, warnings in batch:
             if reason:
                 out.skipped.append((i, reason))
             else:
+                out.warned += [(i, w) for w in warnings]
                 batcher.add(i, plan, waveform)
     batcher.flush()
     return out
@@ -288,7 +292,7 @@ def embed_dataset(prepared: PreparedRelease, data: EmbedInput, options: EmbedOpt
         return mine
     whole = Embedded()
     for part in parts:  # rank order = dataset order
-        for name in ("rows", "embeddings", "scores", "windows", "bounds", "skipped"):
+        for name in ("rows", "embeddings", "scores", "windows", "bounds", "skipped", "warned"):
             getattr(whole, name).extend(getattr(part, name))
     return whole
 
@@ -338,6 +342,8 @@ def summarise(prepared: PreparedRelease, data: EmbedInput, result: Embedded, opt
         "clips_listed": len(data.ids) + len(data.missing),
         "clips_embedded": len(result.rows),
         "clips_skipped": len(result.skipped) + len(data.missing),
+        "clips_with_warnings": len({i for i, _ in result.warned}),
+        "decode_warnings": [[data.ids[i], w] for i, w in result.warned[:100]],  # the first 100, as pipelines.evaluate lists them
         "windows": None if data.is_store else {"window_s": options.window_s, "hop_s": options.hop_s if options.hop_s is not None else options.window_s / 2, "per_window": options.keep_windows},
         "device": str(prepared.device),
         "seconds": round(seconds, 2),
@@ -406,7 +412,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             atomic_write_json(Path(args.out) / "summary.json", summary)
             print(
                 f"{prepared.release.name}: {summary['clips_embedded']} clips embedded ({prepared.embedding_dim} numbers each), "
-                f"{summary['clips_skipped']} skipped, {summary['clips_per_second']} clips/s; wrote {args.out}"
+                f"{summary['clips_skipped']} skipped, {summary['clips_with_warnings']} embedded with decode warnings, "
+                f"{summary['clips_per_second']} clips/s; wrote {args.out}"
             )
         return 0
     except KeyboardInterrupt:

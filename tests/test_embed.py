@@ -95,6 +95,23 @@ def test_audio_folder_matches_the_tagger_and_reports_the_broken_file(setup, tmp_
     assert not (again / "windows.npy").exists() and not (again / "scores.npy").exists()
 
 
+def test_a_file_cut_short_is_embedded_and_its_warning_reported(setup, tmp_path, capsys):
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    samples = (0.2 * np.sin(np.arange(32000 * 3) / 7)).astype(np.float32)
+    sf.write(folder / "whole.wav", samples, 32000, subtype="PCM_16")
+    whole = (folder / "whole.wav").read_bytes()
+    (folder / "cut.wav").write_bytes(whole[:-1000])  # its data chunk still announces every sample
+    out = tmp_path / "out"
+    assert run(setup["release"], "--audio-dir", folder, "--out", out, "--workers", "0") == 0
+    assert "2 clips embedded (128 numbers each), 0 skipped, 1 embedded with decode warnings" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    declared = len(samples) * 2
+    expected = f"truncated: the header announces {declared:,} bytes of audio but only {declared - 1000:,} are present"
+    assert summary["clips_with_warnings"] == 1 and summary["decode_warnings"] == [["cut.wav", expected]]
+    assert (out / "ids.txt").read_text().splitlines() == ["cut.wav", "whole.wav"]
+
+
 def test_csv_with_a_missing_file(setup, tmp_path):
     listing = tmp_path / "set.csv"
     with open(listing, "w", newline="") as f:
