@@ -313,7 +313,7 @@ def run_audioset(args, overrides: List[str]) -> int:
 def _parser() -> argparse.ArgumentParser:
     env = os.environ
     p = argparse.ArgumentParser(prog="python -m pipelines.train_audioset", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides (see pipelines/train_config.py)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides anywhere on the line (python -m pipelines.train --help-config)")
     p.add_argument("--audioset-root", default=env.get("AUDIOSET_ROOT") or None, help="AudioSet copy (default: $AUDIOSET_ROOT)")
     p.add_argument("--config", default=env.get("CONFIG") or None, help="training recipe (default: $CONFIG, else the paper's ConvNeXt-T DCLS with AudioSet, the CPU recipe without)")
     p.add_argument("--nproc", type=int, default=int(env.get("NPROC") or 1), help="processes (GPUs) for torchrun (default: $NPROC or 1)")
